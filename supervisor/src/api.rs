@@ -201,15 +201,35 @@ fn start_error(e: StartError, timeout_ms: u64) -> ApiError {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvokeQuery {
+    /// Per-request deadline, overriding the function's.
+    timeout_ms: Option<u64>,
+}
+
 async fn invoke(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    query: Result<axum::extract::Query<InvokeQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let function = state
         .registry
         .get(&id)
         .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    let timeout = match query.timeout_ms {
+        Some(ms) if ms == 0 || ms > state.config.max_timeout_ms => {
+            return Err(ApiError::BadRequest(format!(
+                "timeout_ms must be between 1 and {}",
+                state.config.max_timeout_ms
+            )))
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => function.timeout,
+    };
     let limit = state.config.max_body_bytes;
     check_content_length(&req, limit)?;
     let body = read_body(req.into_body(), limit).await?;
@@ -220,11 +240,11 @@ async fn invoke(
             .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
         body.to_vec()
     };
-    match function
-        .call(payload, CallOptions::default())
-        .await
-        .map(|f| f.outcome)
-    {
+    let opts = CallOptions {
+        timeout: Some(timeout),
+        ..CallOptions::default()
+    };
+    match function.call(payload, opts).await.map(|f| f.outcome) {
         Ok(Outcome::Ok(json)) => Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -233,7 +253,7 @@ async fn invoke(
             .into_response()),
         Ok(Outcome::Error(e)) => Err(ApiError::FunctionFailed(e)),
         Ok(Outcome::Cancelled) | Err(CallError::Timeout(_)) => Err(ApiError::Timeout(
-            format_seconds(function.timeout.as_millis() as u64),
+            format_seconds(timeout.as_millis() as u64),
         )),
         Err(CallError::WorkerDied) => Err(ApiError::WorkerDied),
         Err(CallError::Unavailable {

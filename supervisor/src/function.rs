@@ -87,6 +87,8 @@ pub struct CallOptions<'a> {
     /// Strings to scrub from everything the supervisor writes about this
     /// worker from now on.
     pub secrets: &'a [String],
+    /// This call's deadline instead of the function's.
+    pub timeout: Option<Duration>,
 }
 
 pub struct Function {
@@ -195,7 +197,7 @@ impl Function {
         opts: CallOptions<'_>,
     ) -> Result<Finished, CallError> {
         self.stats.invocations.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + opts.timeout.unwrap_or(self.timeout);
         let result = match self.ready_worker(deadline).await {
             Ok(worker) => {
                 worker.secrets.add(opts.secrets);

@@ -282,6 +282,7 @@ async fn run_one(
             CallOptions {
                 capture_logs: true,
                 secrets,
+                timeout: None,
             },
         )
         .await;
