@@ -211,7 +211,10 @@ mod tests {
     #[test]
     fn roundtrip_every_direction() {
         let msgs = vec![
-            WorkerMsg::Hello { version: 1, pid: 42 },
+            WorkerMsg::Hello {
+                version: 1,
+                pid: 42,
+            },
             WorkerMsg::Ready {
                 boot_us: 10,
                 init_us: 20,
@@ -257,7 +260,9 @@ mod tests {
     fn oversize_length_is_rejected_before_allocating() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0, 0][..]);
         let err = WrkCodec::default().decode(&mut buf).unwrap_err();
-        assert!(matches!(err, ProtocolError::FrameTooLarge { len, .. } if len == u32::MAX as usize));
+        assert!(
+            matches!(err, ProtocolError::FrameTooLarge { len, .. } if len == u32::MAX as usize)
+        );
         // Nothing was reserved for the claimed 4 GiB.
         assert!(buf.capacity() < 1024);
     }
@@ -286,7 +291,10 @@ mod tests {
         assert!(matches!(err, ProtocolError::Truncated { .. }));
         // A clean EOF between frames is not an error.
         let mut empty = BytesMut::new();
-        assert!(WrkCodec::default().decode_eof(&mut empty).unwrap().is_none());
+        assert!(WrkCodec::default()
+            .decode_eof(&mut empty)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
