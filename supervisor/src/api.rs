@@ -116,13 +116,7 @@ async fn deploy(State(state): State<Arc<AppState>>, req: Request) -> Result<Resp
     let timeout_ms = request
         .timeout_ms
         .unwrap_or(state.config.default_timeout_ms);
-    if timeout_ms == 0 || timeout_ms > state.config.max_timeout_ms {
-        return Err(ApiError::BadRequest(format!(
-            "timeout_ms must be between 1 and {}",
-            state.config.max_timeout_ms
-        )));
-    }
-    let timeout = Duration::from_millis(timeout_ms);
+    let timeout = checked_timeout(timeout_ms, &state.config)?;
     let mut hooks = Vec::new();
     for name in &request.hooks {
         let hook = Hook::parse(name).ok_or_else(|| unknown_hook(name))?;
@@ -178,6 +172,16 @@ async fn deploy(State(state): State<Arc<AppState>>, req: Request) -> Result<Resp
     .into_response())
 }
 
+fn checked_timeout(ms: u64, config: &Config) -> Result<Duration, ApiError> {
+    if ms == 0 || ms > config.max_timeout_ms {
+        return Err(ApiError::BadRequest(format!(
+            "timeout_ms must be between 1 and {}",
+            config.max_timeout_ms
+        )));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 pub fn restart_policy(config: &Config) -> RestartPolicy {
     RestartPolicy {
         crash_limit: config.crash_limit,
@@ -221,13 +225,7 @@ async fn invoke(
         .get(&id)
         .ok_or_else(|| ApiError::NotFound(id.clone()))?;
     let timeout = match query.timeout_ms {
-        Some(ms) if ms == 0 || ms > state.config.max_timeout_ms => {
-            return Err(ApiError::BadRequest(format!(
-                "timeout_ms must be between 1 and {}",
-                state.config.max_timeout_ms
-            )))
-        }
-        Some(ms) => Duration::from_millis(ms),
+        Some(ms) => checked_timeout(ms, &state.config)?,
         None => function.timeout,
     };
     let limit = state.config.max_body_bytes;

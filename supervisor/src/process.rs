@@ -234,28 +234,30 @@ fn spawn_child(bin: &PathBuf, channel: &std::os::unix::net::UnixStream) -> std::
 
 /// The worker's own stdout/stderr (never user console output) go to our log.
 fn forward_stdio(child: &mut Child, span: tracing::Span) {
-    if let Some(out) = child.stdout.take() {
-        let span = span.clone();
+    fn forward(
+        pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        stderr: bool,
+        span: tracing::Span,
+    ) {
         tokio::spawn(
             async move {
-                let mut lines = BufReader::new(out).lines();
+                let mut lines = BufReader::new(pipe).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    info!(stream = "stdout", "{line}");
+                    if stderr {
+                        warn!(stream = "stderr", "{line}");
+                    } else {
+                        info!(stream = "stdout", "{line}");
+                    }
                 }
             }
             .instrument(span),
         );
     }
+    if let Some(out) = child.stdout.take() {
+        forward(out, false, span.clone());
+    }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(
-            async move {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    warn!(stream = "stderr", "{line}");
-                }
-            }
-            .instrument(span),
-        );
+        forward(err, true, span);
     }
 }
 
