@@ -38,6 +38,23 @@ fn a_killed_worker_is_restarted_and_in_flight_calls_get_502() {
 }
 
 #[test]
+fn an_unresponsive_worker_is_killed_after_the_grace_period_and_replaced() {
+    let sup = Supervisor::start();
+    sup.deploy_with(json!({"id": "frozen", "code": "function handler() { return 'alive'; }", "timeout_ms": 300}))
+        .expect(200, &sup);
+    let pid = sup.worker_pid("frozen");
+    // A stopped process cannot acknowledge the cancel.
+    unsafe_kill(pid, 19); // SIGSTOP
+    let r = sup.invoke("frozen", "");
+    r.expect(504, &sup);
+    assert_eq!(r.json, json!({"error": "Execution timeout (0.3s)"}));
+    let new_pid = wait_new_pid(&sup, "frozen", pid);
+    assert!(!pid_alive(pid), "the frozen worker {pid} was not killed");
+    assert_eq!(sup.invoke("frozen", "").json, json!("alive"));
+    assert!(pid_alive(new_pid));
+}
+
+#[test]
 fn a_crash_looping_function_backs_off_with_503() {
     let sup = Supervisor::start();
     sup.deploy_ok("loopy", "function handler() { return 'up'; }");
