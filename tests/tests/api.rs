@@ -153,6 +153,22 @@ fn unserialisable_results_are_errors_not_crashes() {
 }
 
 #[test]
+fn oversized_results_are_errors_and_the_worker_survives() {
+    let sup = Supervisor::start();
+    sup.deploy_ok(
+        "huge",
+        "export function handler(n) { return n ? 'x'.repeat(n) : 'small'; }",
+    );
+    let pid = sup.worker_pid("huge");
+    let r = sup.invoke("huge", &(45 * 1024 * 1024).to_string());
+    r.expect(500, &sup);
+    assert_eq!(r.json["name"], "RangeError", "{}", r.text);
+    assert!(r.error().contains("at most"), "{}", r.text);
+    assert_eq!(sup.invoke("huge", "0").json, json!("small"));
+    assert_eq!(sup.worker_pid("huge"), pid);
+}
+
+#[test]
 fn deploy_rejects_bad_code_precisely() {
     let sup = Supervisor::start();
     let r = sup.deploy("syntax", "function handler(d) {\n  return d +;\n}");

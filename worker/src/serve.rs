@@ -6,10 +6,30 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Instant;
 
-use fn_protocol::{InitError, LogLevel, Outcome, SupervisorMsg, WorkerMsg};
+use fn_protocol::{
+    InitError, JsErrorInfo, LogLevel, Outcome, SupervisorMsg, WorkerMsg, MAX_FRAME_LEN,
+};
 
 use crate::channel::{self, Channel, CHANNEL_FD};
 use crate::sandbox::{BootOptions, Event, Sandbox};
+
+/// Largest handler result sent back; a bigger one becomes an error instead
+/// of a frame the channel would refuse (which would end the worker).
+const MAX_RESULT_BYTES: usize = MAX_FRAME_LEN - 1024 * 1024;
+
+fn bounded(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Ok(json) if json.len() > MAX_RESULT_BYTES => Outcome::Error(JsErrorInfo {
+            name: "RangeError".into(),
+            message: format!(
+                "the result is {} bytes of JSON; at most {MAX_RESULT_BYTES} can be returned",
+                json.len()
+            ),
+            stack: None,
+        }),
+        other => other,
+    }
+}
 
 pub async fn run() -> i32 {
     let interrupt_cell = Arc::new(OnceLock::new());
@@ -101,7 +121,7 @@ async fn serve(sandbox: &mut Sandbox, ch: &mut Channel) {
             let msg = match event {
                 Event::Completed(request_id, outcome) => WorkerMsg::Result {
                     request_id,
-                    outcome,
+                    outcome: bounded(outcome),
                 },
                 Event::LoopError(text) => WorkerMsg::Log {
                     request_id: None,
