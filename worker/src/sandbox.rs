@@ -4,7 +4,6 @@
 //! on one event loop. Upgrading Deno should only ever change this file (and
 //! `build.rs`).
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -152,8 +151,8 @@ impl ModuleLoader for Loader {
                 .unwrap_or(specifier.as_str())
                 .to_owned();
             self.refused.borrow_mut().push(name.clone());
-            return ModuleLoadResponse::Sync(Err(ModuleLoaderError::type_error(format!(
-                "import of '{name}' is not allowed: functions may not import modules"
+            return ModuleLoadResponse::Sync(Err(ModuleLoaderError::type_error(refused_import(
+                &name,
             ))));
         }
         let code = self.code.borrow().clone();
@@ -169,10 +168,10 @@ impl ModuleLoader for Loader {
             .ok_or_else(|| ModuleLoaderError::generic("no function code loaded")),
         )
     }
+}
 
-    fn get_source_map(&self, _file_name: &str) -> Option<Cow<'_, [u8]>> {
-        None
-    }
+fn refused_import(name: &str) -> String {
+    format!("import of '{name}' is not allowed: functions may not import modules")
 }
 
 type JsResult = Result<v8::Global<v8::Value>, Box<JsError>>;
@@ -398,9 +397,7 @@ impl Sandbox {
         if let Some(name) = self.loader.refused.borrow().first() {
             return InitError {
                 kind: InitErrorKind::Import,
-                message: format!(
-                    "import of '{name}' is not allowed: functions may not import modules"
-                ),
+                message: refused_import(name),
                 line: None,
                 column: None,
             };
