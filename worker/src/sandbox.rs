@@ -432,6 +432,11 @@ impl Sandbox {
             self.push_ready(request_id, Err(input_too_large()));
             return;
         };
+        let async_context = {
+            deno_core::scope!(scope, &mut self.worker.js_runtime);
+            let current = scope.get_continuation_preserved_embedder_data();
+            v8::Global::new(scope, current)
+        };
         self.interrupt.enter(Running::Call(request_id));
         let call = self.worker.js_runtime.call_with_args(&self.run_fn, &args);
         if self.interrupt.exit() {
@@ -440,6 +445,11 @@ impl Sandbox {
                 .v8_isolate()
                 .cancel_terminate_execution();
             self.terminated.insert(request_id);
+            // A terminated call skips run()'s `finally`, which would have
+            // restored the async context (and with it log attribution).
+            deno_core::scope!(scope, &mut self.worker.js_runtime);
+            let previous = v8::Local::new(scope, async_context);
+            scope.set_continuation_preserved_embedder_data(previous);
         }
         let (handle, registration) = AbortHandle::new_pair();
         self.aborts.insert(request_id, handle);
