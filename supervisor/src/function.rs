@@ -153,10 +153,6 @@ impl Function {
         function
     }
 
-    pub fn code(&self) -> &str {
-        &self.spec.code
-    }
-
     pub fn serves(&self, hook: Hook) -> bool {
         self.hooks.contains(&hook)
     }

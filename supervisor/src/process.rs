@@ -533,12 +533,6 @@ impl WorkerProcess {
     pub fn mark_reaped(&self) {
         self.reaped.store(true, Ordering::SeqCst);
     }
-
-    /// Resolves once the channel to the worker is closed.
-    pub async fn closed(&self) {
-        let mut rx = self.closed.clone();
-        let _ = rx.wait_for(|c| *c).await;
-    }
 }
 
 async fn kill_and_reap(child: &mut Child) {
