@@ -161,15 +161,21 @@ mod tests {
         let bytes = encode_sup(SupervisorMsg::Invoke {
             request_id: 7,
             payload: b"{}".to_vec(),
+            context: crate::InvokeContext {
+                request_key: "r1".into(),
+                deadline_ms: 258,
+            },
         });
         assert_eq!(
             bytes,
             [
-                0, 0, 0, 22, // frame length
+                0, 0, 0, 40, // frame length
                 2, 0, 0, 0, // variant 2: Invoke
                 7, 0, 0, 0, 0, 0, 0, 0, // request_id: u64 LE
                 2, 0, 0, 0, 0, 0, 0, 0, // payload length: u64 LE
-                b'{', b'}',
+                b'{', b'}', //
+                2, 0, 0, 0, 0, 0, 0, 0, b'r', b'1', // request_key
+                2, 1, 0, 0, 0, 0, 0, 0, // deadline_ms: 258
             ]
         );
     }
@@ -218,6 +224,19 @@ mod tests {
             WorkerMsg::Ready {
                 boot_us: 10,
                 init_us: 20,
+                sandbox: crate::SandboxReport {
+                    layers: vec![(
+                        crate::Layer::Seccomp,
+                        crate::LayerState::Active("31 syscalls".into()),
+                    )],
+                },
+            },
+            WorkerMsg::Retiring {
+                reason: crate::RetireReason::MemoryLimit { limit_mb: 128 },
+            },
+            WorkerMsg::Result {
+                request_id: 5,
+                outcome: Outcome::NotStarted,
             },
             WorkerMsg::Result {
                 request_id: 3,
@@ -276,6 +295,10 @@ mod tests {
                 SupervisorMsg::Invoke {
                     request_id: 1,
                     payload: vec![b'1'; 64],
+                    context: crate::InvokeContext {
+                        request_key: String::new(),
+                        deadline_ms: 0,
+                    },
                 },
                 &mut buf,
             )
