@@ -2,70 +2,165 @@
 //! seen (and runaway JavaScript terminated) while the JS thread is busy.
 
 use std::os::fd::FromRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fn_protocol::{FrameCodec, ProtocolError, SupervisorMsg, WorkerMsg, PROTOCOL_VERSION};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 
-use crate::interrupt::{Interrupt, Verdict};
+use crate::interrupt::Interrupt;
 
 /// The descriptor the supervisor hands us the socketpair end on.
 pub const CHANNEL_FD: i32 = 3;
 
+/// Frames from the supervisor not yet taken by the JS thread. When full, the
+/// I/O thread stops reading the socket and the supervisor feels it.
+const INBOX: usize = 1024;
+/// Console lines waiting to be written; beyond this they are dropped.
+pub const LOG_QUEUE: usize = 4096;
+
 /// The JS thread's ends of the channel.
 pub struct Channel {
-    pub inbox: UnboundedReceiver<SupervisorMsg>,
-    pub outbox: UnboundedSender<WorkerMsg>,
+    pub inbox: mpsc::Receiver<SupervisorMsg>,
+    /// Results and control messages. Unbounded on purpose: every message
+    /// here answers something the supervisor sent, and the supervisor bounds
+    /// what it sends (admission control).
+    pub outbox: mpsc::UnboundedSender<WorkerMsg>,
+    /// Console output only (see `LOG_QUEUE`).
+    pub logs: mpsc::Sender<WorkerMsg>,
+    flushed: std::sync::mpsc::Receiver<()>,
+}
+
+impl Channel {
+    /// Closes our side and waits (bounded) until the I/O thread has written
+    /// everything queued, so a final result reaches the supervisor before
+    /// the process exits.
+    pub fn close_and_flush(self, within: Duration) {
+        let Channel {
+            inbox,
+            outbox,
+            logs,
+            flushed,
+        } = self;
+        drop((outbox, logs));
+        let _ = flushed.recv_timeout(within);
+        drop(inbox);
+    }
 }
 
 /// Starts the I/O thread. `interrupt` is filled in once the isolate exists;
 /// cancels that arrive before that cannot concern running JavaScript.
-pub fn start(interrupt: Arc<std::sync::OnceLock<Arc<Interrupt>>>) -> std::io::Result<Channel> {
+pub fn start(interrupt: Arc<OnceLock<Arc<Interrupt>>>) -> std::io::Result<Channel> {
     // SAFETY: the supervisor passes the socket as fd 3 and nothing else in
     // this process owns it.
     let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CHANNEL_FD) };
     std_stream.set_nonblocking(true)?;
-    let (in_tx, inbox) = unbounded_channel();
-    let (outbox, out_rx) = unbounded_channel();
+    let (in_tx, inbox) = mpsc::channel(INBOX);
+    let (outbox, out_rx) = mpsc::unbounded_channel();
+    let (logs, log_rx) = mpsc::channel(LOG_QUEUE);
+    let (flushed_tx, flushed) = std::sync::mpsc::channel();
     let hello = outbox.clone();
     std::thread::Builder::new()
         .name("fn-channel".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("building the channel runtime");
-            let result = rt.block_on(serve(std_stream, in_tx, out_rx, interrupt));
-            if let Err(e) = result {
-                eprintln!("fn-worker: channel failed: {e}");
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fn-worker: cannot start the channel runtime: {e}");
+                    std::process::exit(fn_protocol::WorkerExit::Internal.code());
+                }
+            };
+            let ends = Ends {
+                in_tx,
+                out_rx,
+                log_rx,
+            };
+            match rt.block_on(serve(std_stream, ends, interrupt)) {
+                // Our side finished writing: the JS thread decides the exit.
+                Ok(Finished::Flushed) => {
+                    let _ = flushed_tx.send(());
+                }
+                // The supervisor hung up: nothing is left to do.
+                Ok(Finished::PeerClosed) => std::process::exit(0),
+                Err(e) => {
+                    eprintln!("fn-worker: channel failed: {e}");
+                    std::process::exit(fn_protocol::WorkerExit::Protocol.code());
+                }
             }
-            // Without the supervisor there is nothing left to do.
-            std::process::exit(0);
         })?;
     let _ = hello.send(WorkerMsg::Hello {
         version: PROTOCOL_VERSION,
         pid: std::process::id(),
     });
-    Ok(Channel { inbox, outbox })
+    Ok(Channel {
+        inbox,
+        outbox,
+        logs,
+        flushed,
+    })
+}
+
+struct Ends {
+    in_tx: mpsc::Sender<SupervisorMsg>,
+    out_rx: mpsc::UnboundedReceiver<WorkerMsg>,
+    log_rx: mpsc::Receiver<WorkerMsg>,
+}
+
+enum Finished {
+    Flushed,
+    PeerClosed,
 }
 
 async fn serve(
     stream: std::os::unix::net::UnixStream,
-    in_tx: UnboundedSender<SupervisorMsg>,
-    mut out_rx: UnboundedReceiver<WorkerMsg>,
-    interrupt: Arc<std::sync::OnceLock<Arc<Interrupt>>>,
-) -> Result<(), ProtocolError> {
+    ends: Ends,
+    interrupt: Arc<OnceLock<Arc<Interrupt>>>,
+) -> Result<Finished, ProtocolError> {
+    let Ends {
+        in_tx,
+        mut out_rx,
+        mut log_rx,
+    } = ends;
     let stream = tokio::net::UnixStream::from_std(stream)?;
     let (mut sink, mut frames) =
         Framed::new(stream, FrameCodec::<SupervisorMsg, WorkerMsg>::default()).split();
     let writer = async move {
-        while let Some(msg) = out_rx.recv().await {
-            sink.send(msg).await?;
+        let (mut out_open, mut logs_open) = (true, true);
+        while out_open || logs_open {
+            // Results first: console output never delays an answer.
+            let msg = tokio::select! {
+                biased;
+                m = out_rx.recv(), if out_open => match m {
+                    Some(m) => m,
+                    None => { out_open = false; continue; }
+                },
+                m = log_rx.recv(), if logs_open => match m {
+                    Some(m) => m,
+                    None => { logs_open = false; continue; }
+                },
+            };
+            sink.feed(msg).await?;
+            // One flush per burst: fewer writes when many frames are queued.
+            if out_rx.is_empty() && log_rx.is_empty() {
+                sink.flush().await?;
+            }
         }
-        Ok::<_, ProtocolError>(())
+        sink.flush().await?;
+        Ok::<_, ProtocolError>(Finished::Flushed)
+    };
+    let watch = interrupt.clone();
+    let watchdog = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Some(i) = watch.get() {
+                i.tick();
+            }
+        }
     };
     let reader = async move {
         match frames.next().await.transpose()? {
@@ -82,34 +177,23 @@ async fn serve(
                     received: format!("{other:?}"),
                 })
             }
-            None => return Ok(()),
+            None => return Ok(Finished::PeerClosed),
         }
         while let Some(msg) = frames.next().await.transpose()? {
             if let SupervisorMsg::Cancel { request_id } = msg {
-                if let Some(interrupt) = interrupt.get().cloned() {
-                    interrupt.cancel_seen(request_id);
-                    tokio::spawn(watch_cancel(interrupt, request_id));
+                if let Some(i) = interrupt.get() {
+                    i.cancel_seen(request_id);
                 }
             }
-            if in_tx.send(msg).is_err() {
+            if in_tx.send(msg).await.is_err() {
                 break;
             }
         }
-        Ok(())
+        Ok(Finished::PeerClosed)
     };
     tokio::select! {
         r = writer => r,
         r = reader => r,
-    }
-}
-
-/// Terminates the cancelled invocation if it is what the JS thread is stuck
-/// in; gives up once the JS thread has handled the cancel.
-async fn watch_cancel(interrupt: Arc<Interrupt>, request_id: u64) {
-    loop {
-        match interrupt.check_cancel(request_id) {
-            Verdict::Handled | Verdict::Terminated => return,
-            Verdict::Wait => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
+        _ = watchdog => unreachable!("the watchdog never ends"),
     }
 }

@@ -1,4 +1,4 @@
-//! Deciding when to terminate running JavaScript.
+//! Deciding when to terminate running JavaScript, and whose it is.
 //!
 //! The JS thread cannot read the channel while user code spins, so cancels
 //! are also seen by the I/O thread, which may terminate V8 execution through
@@ -6,15 +6,25 @@
 //! termination can only be requested while the JS thread is inside V8 and is
 //! always cleared when it leaves (a stale termination would otherwise kill the
 //! next, innocent invocation).
+//!
+//! During the synchronous part of a call the running invocation is known
+//! exactly. During an event-loop turn (timers, promise reactions) it is not,
+//! so the I/O thread asks V8 for an interrupt, and the interrupt reads the
+//! invocation id that setup.js keeps in the async context of the code that
+//! is running at that instant: only a cancelled invocation's own code is ever
+//! terminated.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long the JS thread may stay inside one event-loop turn, while a
-/// cancelled invocation waits, before it is assumed to be that invocation
-/// spinning after an `await`.
-pub const LOOP_STUCK_AFTER: Duration = Duration::from_millis(200);
+/// How long an event-loop turn may run while some cancelled invocation
+/// exists before the I/O thread looks at whose code it is.
+pub const PROBE_AFTER: Duration = Duration::from_millis(20);
+
+/// Cancelled ids remembered, so that their leftover timers can still be
+/// stopped when they spin after the cancel was answered.
+const REMEMBERED_CANCELS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Running {
@@ -25,40 +35,49 @@ pub enum Running {
     Loop,
 }
 
+/// Why V8 execution was terminated, as learned by the JS thread on exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminated {
+    /// The synchronous part of this invocation; nothing else was affected.
+    Call(u64),
+    /// Code of this cancelled invocation inside an event-loop turn; V8 may
+    /// have dropped other invocations' queued continuations with it.
+    Loop(u64),
+}
+
 struct State {
     running: Running,
     since: Instant,
-    terminate_requested: bool,
-    /// Cancels the I/O thread has seen that the JS thread has not handled.
-    pending_cancels: HashSet<u64>,
+    terminated: Option<Terminated>,
+    cancelled: HashSet<u64>,
+    cancel_order: VecDeque<u64>,
+    probe_pending: bool,
 }
 
 pub struct Interrupt {
     state: Mutex<State>,
+    /// Terminates V8 execution from any thread.
     terminate: Box<dyn Fn() + Send + Sync>,
-}
-
-/// What the I/O thread should do about a pending cancel.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The JS thread handled it (or will): nothing to do.
-    Handled,
-    /// Terminated the running JavaScript.
-    Terminated,
-    /// Not yet decidable; check again shortly.
-    Wait,
+    /// Asks V8 to run [`Interrupt::probe`] on the JS thread.
+    request_probe: Box<dyn Fn(Arc<Interrupt>) + Send + Sync>,
 }
 
 impl Interrupt {
-    pub fn new(terminate: Box<dyn Fn() + Send + Sync>) -> Self {
+    pub fn new(
+        terminate: Box<dyn Fn() + Send + Sync>,
+        request_probe: Box<dyn Fn(Arc<Interrupt>) + Send + Sync>,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 running: Running::Idle,
                 since: Instant::now(),
-                terminate_requested: false,
-                pending_cancels: HashSet::new(),
+                terminated: None,
+                cancelled: HashSet::new(),
+                cancel_order: VecDeque::new(),
+                probe_pending: false,
             }),
             terminate,
+            request_probe,
         }
     }
 
@@ -72,43 +91,68 @@ impl Interrupt {
         s.since = Instant::now();
     }
 
-    /// Leaves V8. True if a termination was requested meanwhile: the caller
+    /// Leaves V8. `Some` if a termination was requested meanwhile: the caller
     /// must cancel it before running any more JavaScript.
     #[must_use]
-    pub fn exit(&self) -> bool {
+    pub fn exit(&self) -> Option<Terminated> {
         let mut s = self.lock();
         s.running = Running::Idle;
-        std::mem::take(&mut s.terminate_requested)
+        s.terminated.take()
     }
 
     /// Called by the I/O thread when a cancel arrives.
-    pub fn cancel_seen(&self, request_id: u64) {
-        self.lock().pending_cancels.insert(request_id);
+    pub fn cancel_seen(self: &Arc<Self>, request_id: u64) {
+        {
+            let mut s = self.lock();
+            if s.cancelled.insert(request_id) {
+                s.cancel_order.push_back(request_id);
+                if s.cancel_order.len() > REMEMBERED_CANCELS {
+                    if let Some(old) = s.cancel_order.pop_front() {
+                        s.cancelled.remove(&old);
+                    }
+                }
+            }
+        }
+        self.tick();
     }
 
-    /// Called by the JS thread once it processed the cancel message.
-    pub fn cancel_handled(&self, request_id: u64) {
-        self.lock().pending_cancels.remove(&request_id);
-    }
-
-    /// Called repeatedly by the I/O thread until it returns something other
-    /// than `Wait`.
-    pub fn check_cancel(&self, request_id: u64) -> Verdict {
+    /// Called by the I/O thread periodically (and on every cancel).
+    pub fn tick(self: &Arc<Self>) {
         let mut s = self.lock();
-        if !s.pending_cancels.contains(&request_id) {
-            return Verdict::Handled;
+        if s.terminated.is_some() {
+            return;
         }
-        let stuck = match s.running {
-            Running::Call(id) => id == request_id,
-            Running::Loop => s.since.elapsed() >= LOOP_STUCK_AFTER,
-            Running::Idle => false,
-        };
-        if stuck && !s.terminate_requested {
-            s.terminate_requested = true;
+        match s.running {
+            Running::Idle => {}
+            Running::Call(id) => {
+                if s.cancelled.contains(&id) {
+                    s.terminated = Some(Terminated::Call(id));
+                    (self.terminate)();
+                }
+            }
+            Running::Loop => {
+                if !s.cancelled.is_empty() && !s.probe_pending && s.since.elapsed() >= PROBE_AFTER {
+                    s.probe_pending = true;
+                    drop(s);
+                    (self.request_probe)(self.clone());
+                }
+            }
+        }
+    }
+
+    /// Runs on the JS thread inside a V8 interrupt, with the id found in the
+    /// async context of the code running at that instant.
+    pub fn probe(&self, running_request: Option<u64>) {
+        let mut s = self.lock();
+        s.probe_pending = false;
+        let Some(id) = running_request else { return };
+        if s.terminated.is_none() && s.running != Running::Idle && s.cancelled.contains(&id) {
+            s.terminated = Some(match s.running {
+                Running::Call(call) if call == id => Terminated::Call(id),
+                _ => Terminated::Loop(id),
+            });
             (self.terminate)();
-            return Verdict::Terminated;
         }
-        Verdict::Wait
     }
 }
 
@@ -116,48 +160,88 @@ impl Interrupt {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
-    fn counting() -> (Arc<AtomicUsize>, Interrupt) {
-        let n = Arc::new(AtomicUsize::new(0));
-        let n2 = n.clone();
-        let i = Interrupt::new(Box::new(move || {
-            n2.fetch_add(1, Ordering::SeqCst);
-        }));
-        (n, i)
+    struct Counts {
+        terminated: Arc<AtomicUsize>,
+        probes: Arc<AtomicUsize>,
+    }
+
+    fn interrupt() -> (Counts, Arc<Interrupt>) {
+        let terminated = Arc::new(AtomicUsize::new(0));
+        let probes = Arc::new(AtomicUsize::new(0));
+        let (t, p) = (terminated.clone(), probes.clone());
+        let i = Interrupt::new(
+            Box::new(move || {
+                t.fetch_add(1, Ordering::SeqCst);
+            }),
+            Box::new(move |_| {
+                p.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        (Counts { terminated, probes }, Arc::new(i))
     }
 
     #[test]
     fn terminates_only_the_cancelled_synchronous_call() {
-        let (n, i) = counting();
+        let (n, i) = interrupt();
         i.cancel_seen(7);
         i.enter(Running::Call(3));
-        assert_eq!(i.check_cancel(7), Verdict::Wait);
-        assert!(!i.exit());
+        i.tick();
+        assert_eq!(i.exit(), None);
         i.enter(Running::Call(7));
-        assert_eq!(i.check_cancel(7), Verdict::Terminated);
-        assert!(i.exit(), "the JS thread must learn it has to cancel");
-        assert_eq!(n.load(Ordering::SeqCst), 1);
+        i.tick();
+        assert_eq!(i.exit(), Some(Terminated::Call(7)));
+        assert_eq!(n.terminated.load(Ordering::SeqCst), 1);
     }
 
     #[test]
-    fn never_terminates_while_idle_or_after_handling() {
-        let (n, i) = counting();
+    fn never_terminates_while_idle() {
+        let (n, i) = interrupt();
         i.cancel_seen(1);
-        assert_eq!(i.check_cancel(1), Verdict::Wait);
-        i.cancel_handled(1);
-        assert_eq!(i.check_cancel(1), Verdict::Handled);
-        assert_eq!(n.load(Ordering::SeqCst), 0);
+        i.tick();
+        assert_eq!(n.terminated.load(Ordering::SeqCst), 0);
+        assert_eq!(n.probes.load(Ordering::SeqCst), 0);
     }
 
     #[test]
-    fn a_long_event_loop_turn_is_terminated() {
-        let (n, i) = counting();
+    fn a_long_loop_turn_is_probed_and_only_a_cancelled_owner_terminated() {
+        let (n, i) = interrupt();
         i.cancel_seen(2);
         i.enter(Running::Loop);
-        assert_eq!(i.check_cancel(2), Verdict::Wait);
-        std::thread::sleep(LOOP_STUCK_AFTER + Duration::from_millis(20));
-        assert_eq!(i.check_cancel(2), Verdict::Terminated);
-        assert_eq!(n.load(Ordering::SeqCst), 1);
+        i.tick();
+        assert_eq!(n.probes.load(Ordering::SeqCst), 0, "probed too early");
+        std::thread::sleep(PROBE_AFTER + Duration::from_millis(5));
+        i.tick();
+        i.tick();
+        assert_eq!(n.probes.load(Ordering::SeqCst), 1, "one probe at a time");
+        // The spinning code belongs to invocation 5, which is legitimately busy.
+        i.probe(Some(5));
+        assert_eq!(n.terminated.load(Ordering::SeqCst), 0);
+        i.tick();
+        assert_eq!(n.probes.load(Ordering::SeqCst), 2);
+        i.probe(Some(2));
+        assert_eq!(n.terminated.load(Ordering::SeqCst), 1);
+        assert_eq!(i.exit(), Some(Terminated::Loop(2)));
+    }
+
+    #[test]
+    fn a_probe_landing_after_the_turn_ended_does_nothing() {
+        let (n, i) = interrupt();
+        i.cancel_seen(2);
+        i.enter(Running::Loop);
+        std::thread::sleep(PROBE_AFTER + Duration::from_millis(5));
+        i.tick();
+        assert_eq!(i.exit(), None);
+        i.probe(Some(2));
+        assert_eq!(n.terminated.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn cancelled_ids_are_bounded() {
+        let (_, i) = interrupt();
+        for id in 0..(REMEMBERED_CANCELS as u64 * 3) {
+            i.cancel_seen(id);
+        }
+        assert_eq!(i.lock().cancelled.len(), REMEMBERED_CANCELS);
     }
 }

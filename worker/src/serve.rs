@@ -1,135 +1,250 @@
 //! The JS thread: wait for the function, load it, then multiplex
-//! invocations on the one event loop.
+//! invocations on the one event loop until told to stop or retiring.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fn_protocol::{
-    InitError, JsErrorInfo, LogLevel, Outcome, SupervisorMsg, WorkerMsg, MAX_FRAME_LEN,
+    InitRequest, LogLevel, Outcome, RetireReason, SandboxReport, SelfTestReport, SupervisorMsg,
+    WorkerArgs, WorkerExit, WorkerMsg, MAX_FRAME_LEN,
 };
 
 use crate::channel::{self, Channel, CHANNEL_FD};
+use crate::jail;
 use crate::sandbox::{BootOptions, Event, Sandbox};
 
 /// Largest handler result sent back; a bigger one becomes an error instead
 /// of a frame the channel would refuse (which would end the worker).
 const MAX_RESULT_BYTES: usize = MAX_FRAME_LEN - 1024 * 1024;
 
+/// How long a retiring worker waits for the supervisor's `Shutdown` (which
+/// confirms no invocation is on its way any more) before exiting anyway.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the I/O thread gets to write what is queued before exit.
+const FLUSH_WITHIN: Duration = Duration::from_secs(2);
+
 fn bounded(outcome: Outcome) -> Outcome {
     match outcome {
-        Outcome::Ok(json) if json.len() > MAX_RESULT_BYTES => Outcome::Error(JsErrorInfo {
-            name: "RangeError".into(),
-            message: format!(
-                "the result is {} bytes of JSON; at most {MAX_RESULT_BYTES} can be returned",
-                json.len()
-            ),
-            stack: None,
-        }),
+        Outcome::Ok(json) if json.len() > MAX_RESULT_BYTES => {
+            Outcome::Error(fn_protocol::JsErrorInfo {
+                name: "RangeError".into(),
+                message: format!(
+                    "the result is {} bytes of JSON; at most {MAX_RESULT_BYTES} can be returned",
+                    json.len()
+                ),
+                stack: None,
+            })
+        }
         other => other,
     }
 }
 
-pub async fn run() -> i32 {
+pub async fn run(args: WorkerArgs, mut report: SandboxReport) -> WorkerExit {
     let interrupt_cell = Arc::new(OnceLock::new());
     let mut ch = match channel::start(interrupt_cell.clone()) {
         Ok(ch) => ch,
         Err(e) => {
             eprintln!("fn-worker: no supervisor channel on fd {CHANNEL_FD}: {e}");
-            return 70;
+            return WorkerExit::Internal;
         }
     };
     let init = match ch.inbox.recv().await {
         Some(SupervisorMsg::Init(init)) => init,
         Some(other) => {
-            let _ = ch.outbox.send(WorkerMsg::Fatal {
-                message: format!("expected Init, received {other:?}"),
-            });
-            return linger(ch).await;
+            let message = format!("expected Init, received {}", variant(&other));
+            return fail(ch, WorkerMsg::Fatal { message }, WorkerExit::Protocol).await;
         }
-        None => return 0,
+        None => return WorkerExit::Normal,
     };
+    let InitRequest {
+        function_id,
+        version: _,
+        code,
+        memory_mb,
+        net,
+        secrets,
+        ca_certs,
+        logs,
+        self_test,
+    } = init;
 
     let boot_started = Instant::now();
     let booted = Sandbox::boot(BootOptions {
-        function_id: init.function_id.clone(),
-        heap_limit_mb: init.heap_limit_mb,
-        log_tx: ch.outbox.clone(),
+        function_id,
+        memory_mb,
+        net,
+        ca_certs,
+        log_limits: logs,
+        log_tx: ch.logs.clone(),
         channel_fd: CHANNEL_FD,
     });
     let mut sandbox = match booted {
         Ok(sb) => sb,
-        Err(e) => return fail_init(ch, e).await,
+        Err(e) => return fail(ch, WorkerMsg::InitFailed(e), WorkerExit::InitFailed).await,
     };
     let boot_us = boot_started.elapsed().as_micros() as u64;
     let _ = interrupt_cell.set(sandbox.interrupt());
 
+    // Deno has booted (its threads exist): the syscall filter goes on all of
+    // them before any user code runs.
+    if let Err(e) = jail::lock_syscalls(&args, &mut report) {
+        let message = format!("sandbox: {e}");
+        return fail(ch, WorkerMsg::Fatal { message }, WorkerExit::SandboxFailed).await;
+    }
+    if let Some(test) = self_test {
+        let attempts = jail::self_test(Path::new(&test.forbidden_file));
+        let msg = WorkerMsg::SelfTest(SelfTestReport {
+            sandbox: report,
+            attempts,
+        });
+        return fail(ch, msg, WorkerExit::Normal).await;
+    }
+    if let Err(message) = sandbox.set_secrets(&secrets) {
+        return fail(ch, WorkerMsg::Fatal { message }, WorkerExit::Internal).await;
+    }
+
     let init_started = Instant::now();
-    if let Err(e) = sandbox.load(init.code).await {
-        return fail_init(ch, e).await;
+    if let Err(e) = sandbox.load(code).await {
+        return fail(ch, WorkerMsg::InitFailed(e), WorkerExit::InitFailed).await;
     }
     let init_us = init_started.elapsed().as_micros() as u64;
-    let _ = ch.outbox.send(WorkerMsg::Ready { boot_us, init_us });
+    let _ = ch.outbox.send(WorkerMsg::Ready {
+        boot_us,
+        init_us,
+        sandbox: report,
+    });
 
-    serve(&mut sandbox, &mut ch).await;
-    0
+    let exit = serve(&mut sandbox, &mut ch).await;
+    // The print op holds a sender too: close it so the flush can finish.
+    sandbox.close_logs();
+    ch.close_and_flush(FLUSH_WITHIN);
+    exit
 }
 
-/// Reports the failure and waits for the supervisor to hang up, so that the
-/// message is flushed before the process ends.
-async fn fail_init(ch: Channel, error: InitError) -> i32 {
-    let _ = ch.outbox.send(WorkerMsg::InitFailed(error));
-    linger(ch).await
+/// Reports something final and waits for the supervisor to hang up, so that
+/// the message is read before the process ends.
+async fn fail(mut ch: Channel, msg: WorkerMsg, exit: WorkerExit) -> WorkerExit {
+    let _ = ch.outbox.send(msg);
+    let wait = async { while ch.inbox.recv().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+    ch.close_and_flush(FLUSH_WITHIN);
+    exit
 }
 
-async fn linger(mut ch: Channel) -> i32 {
-    while ch.inbox.recv().await.is_some() {}
-    1
+fn variant(msg: &SupervisorMsg) -> &'static str {
+    match msg {
+        SupervisorMsg::Hello { .. } => "Hello",
+        SupervisorMsg::Init(_) => "Init",
+        SupervisorMsg::Invoke { .. } => "Invoke",
+        SupervisorMsg::Cancel { .. } => "Cancel",
+        SupervisorMsg::Shutdown => "Shutdown",
+        SupervisorMsg::SetSecrets { .. } => "SetSecrets",
+    }
 }
 
-async fn serve(sandbox: &mut Sandbox, ch: &mut Channel) {
-    let interrupt = sandbox.interrupt();
+fn retire_exit(reason: RetireReason) -> WorkerExit {
+    match reason {
+        RetireReason::MemoryLimit { .. } => WorkerExit::MemoryLimit,
+        RetireReason::Runaway => WorkerExit::Runaway,
+    }
+}
+
+async fn serve(sandbox: &mut Sandbox, ch: &mut Channel) -> WorkerExit {
+    // Set once the worker decided to retire: from then on it only answers
+    // `NotStarted` and waits for the supervisor's Shutdown.
+    let mut retiring: Option<(WorkerExit, std::pin::Pin<Box<tokio::time::Sleep>>)> = None;
     poll_fn(|cx| {
         loop {
             match ch.inbox.poll_recv(cx) {
                 Poll::Ready(Some(SupervisorMsg::Invoke {
                     request_id,
                     payload,
-                })) => sandbox.start(request_id, &payload),
+                    context,
+                })) => {
+                    if retiring.is_some() {
+                        let _ = ch.outbox.send(WorkerMsg::Result {
+                            request_id,
+                            outcome: Outcome::NotStarted,
+                        });
+                    } else {
+                        sandbox.start(request_id, &payload, &context);
+                    }
+                }
                 Poll::Ready(Some(SupervisorMsg::Cancel { request_id })) => {
-                    if sandbox.cancel(request_id) {
+                    if retiring.is_none() && sandbox.cancel(request_id) {
                         let _ = ch.outbox.send(WorkerMsg::Result {
                             request_id,
                             outcome: Outcome::Cancelled,
                         });
                     }
-                    interrupt.cancel_handled(request_id);
+                }
+                Poll::Ready(Some(SupervisorMsg::SetSecrets { secrets })) => {
+                    if let Err(message) = sandbox.set_secrets(&secrets) {
+                        let _ = ch.outbox.send(WorkerMsg::Fatal { message });
+                    }
                 }
                 Poll::Ready(Some(SupervisorMsg::Shutdown)) | Poll::Ready(None) => {
-                    return Poll::Ready(());
+                    return Poll::Ready(retiring.as_ref().map_or(WorkerExit::Normal, |r| r.0));
                 }
                 Poll::Ready(Some(other)) => {
                     let _ = ch.outbox.send(WorkerMsg::Fatal {
-                        message: format!("unexpected message after Init: {other:?}"),
+                        message: format!("unexpected message after Init: {}", variant(&other)),
                     });
                 }
                 Poll::Pending => break,
             }
         }
-        while let Poll::Ready(event) = sandbox.poll(cx) {
-            let msg = match event {
-                Event::Completed(request_id, outcome) => WorkerMsg::Result {
-                    request_id,
-                    outcome: bounded(outcome),
-                },
-                Event::LoopError(text) => WorkerMsg::Log {
-                    request_id: None,
-                    level: LogLevel::Error,
-                    text,
-                },
+        if let Some((exit, grace)) = retiring.as_mut() {
+            return match grace.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(*exit),
+                Poll::Pending => Poll::Pending,
             };
-            let _ = ch.outbox.send(msg);
+        }
+        while let Poll::Ready(event) = sandbox.poll(cx) {
+            match event {
+                Event::Completed(request_id, outcome) => {
+                    let _ = ch.outbox.send(WorkerMsg::Result {
+                        request_id,
+                        outcome: bounded(outcome),
+                    });
+                }
+                Event::LoopError(text) => {
+                    let _ = ch.logs.try_send(WorkerMsg::Log {
+                        request_id: None,
+                        level: LogLevel::Error,
+                        text,
+                    });
+                }
+                Event::Retire {
+                    reason,
+                    failed,
+                    culprit,
+                } => {
+                    let _ = ch.outbox.send(WorkerMsg::Retiring { reason });
+                    for request_id in failed {
+                        let outcome = if Some(request_id) == culprit {
+                            Outcome::Cancelled
+                        } else {
+                            Outcome::Aborted(reason)
+                        };
+                        let _ = ch.outbox.send(WorkerMsg::Result {
+                            request_id,
+                            outcome,
+                        });
+                    }
+                    let mut grace = Box::pin(tokio::time::sleep(RETIRE_GRACE));
+                    let _ = grace.as_mut().poll(cx);
+                    retiring = Some((retire_exit(reason), grace));
+                    // Keep reading the inbox so invokes already on their way
+                    // are refused rather than lost.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
         }
         Poll::Pending
     })

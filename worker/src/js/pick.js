@@ -1,10 +1,7 @@
-// Finds the handler: `export function handler`, `export default function`,
-// `export default { handler }`, or a classic script's global `handler`.
+// Finds a module's handler: `export function handler`, `export default
+// function`, `export default { handler }`.
 ((ns) => {
-  const candidates = ns === undefined
-    ? [globalThis.handler]
-    : [ns.handler, ns.default, ns.default?.handler];
-  for (const c of candidates) {
+  for (const c of [ns.handler, ns.default, ns.default?.handler]) {
     if (typeof c === "function") return c;
   }
   return undefined;

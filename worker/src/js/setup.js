@@ -1,17 +1,29 @@
-// Runs once after Deno's bootstrap and before the function's code. Returns the
-// `run` function the worker calls for every invocation; nothing here is put
-// on globalThis, so user code cannot replace it.
+// Runs once after Deno's bootstrap and before the function's code. Returns
+// the worker's private entry points; nothing here is reachable from user
+// code afterwards, so a function cannot replace or forge them.
 ((internals) => {
   const core = internals.core;
   const { parse, stringify } = JSON;
-  const PromiseResolve = Promise.resolve.bind(Promise);
-  const PromiseThen = Function.prototype.call.bind(Promise.prototype.then);
-  // Attributes console output to the invocation whose (async) call chain
-  // produced it; V8 carries the value across awaits, timers and fetches.
-  const requestVar = new core.AsyncVariable();
+  const { freeze, create, defineProperty } = Object;
+  const getContext = core.getAsyncContext;
+  const setContext = core.setAsyncContext;
   const print = core.print;
+  const NotCapable = Deno.errors.NotCapable;
+  // The invocation an async call chain belongs to is stored under this key
+  // of V8's continuation-preserved data, next to Deno's own AsyncVariables
+  // (which copy every key when they enter). The worker reads it from Rust,
+  // both to attribute console lines and to find out whose code is spinning.
+  const KEY = "fnrt.request";
+  const current = () => {
+    const ctx = getContext();
+    return ctx == null ? undefined : ctx[KEY];
+  };
+
+  // Console lines carry their invocation in a prefix that only this closure
+  // writes; user code cannot reach `print` (internals are removed below), so
+  // no string a function prints can change the attribution.
   globalThis.console = new internals.Console((msg, level) => {
-    const id = requestVar.get();
+    const id = current();
     print(`\u0001${id ?? ""}\u0001${level}\u0001${msg}`, level > 1);
   });
   // Keep an unhandled rejection or an uncaught timer error from failing
@@ -28,20 +40,77 @@
   // does not provide; functions get the web platform and `Deno` instead.
   delete globalThis.process;
 
+  // Friendly errors for what the sandbox refuses anyway (the ops behind
+  // these are replaced in Rust, which is what actually holds).
+  const refuse = (what, why) =>
+    function () {
+      throw new NotCapable(`${what} is not allowed: ${why}`);
+    };
+  const served = "functions are called over HTTP, they do not serve";
+  for (
+    const [name, why] of [
+      ["exit", "a function cannot end its worker"],
+      ["listen", served],
+      ["listenTls", served],
+      ["listenDatagram", served],
+      ["serve", served],
+      ["openKv", "functions have no local storage"],
+      ["cron", "functions are invoked, not scheduled"],
+    ]
+  ) {
+    try {
+      defineProperty(Deno, name, {
+        value: refuse(`Deno.${name}()`, why),
+        writable: false,
+        configurable: false,
+        enumerable: true,
+      });
+    } catch {
+      // Not configurable in this Deno version: the op replacement holds.
+    }
+  }
+  // Prompts are impossible in a worker: answer "denied" at once.
+  const permissions = Deno.permissions;
+  if (permissions) {
+    const denied = (desc) =>
+      Promise.resolve(freeze({ state: "denied", partial: false, onchange: null, name: desc?.name }));
+    permissions.request = denied;
+    permissions.requestSync = (desc) =>
+      freeze({ state: "denied", partial: false, onchange: null, name: desc?.name });
+  }
+  // `Deno[Deno.internal]` exposes core (print, ops, async context): remove
+  // it so user code cannot forge log attribution or reach raw ops.
+  delete Deno[Deno.internal];
+
+  let secrets = freeze(create(null));
+  const setSecrets = (pairs) => {
+    const next = create(null);
+    for (const [k, v] of pairs) next[k] = v;
+    secrets = freeze(next);
+  };
+
   const toJson = (value) => {
     const text = stringify(value);
     return text === undefined ? "null" : text;
   };
-  return function run(id, handler, input) {
-    const previous = requestVar.enter(id);
+  // An async function always returns an intrinsic promise, whatever the
+  // user did to Promise, its species or `then`.
+  const finish = async (pending) => toJson(await pending);
+
+  function run(id, handler, input, requestKey, deadline) {
+    const previous = getContext();
+    setContext({ __proto__: null, ...previous, [KEY]: id });
     try {
-      const result = handler(parse(input));
-      if (result !== null && typeof result === "object" && typeof result.then === "function") {
-        return PromiseThen(PromiseResolve(result), toJson);
+      const ctx = freeze({ __proto__: null, secrets, requestId: requestKey, deadline });
+      const result = handler(parse(input), ctx);
+      if (result !== null && (typeof result === "object" || typeof result === "function")) {
+        if (typeof result.then === "function") return finish(result);
       }
       return toJson(result);
     } finally {
-      core.setAsyncContext(previous);
+      setContext(previous);
     }
-  };
+  }
+
+  return [run, setSecrets];
 })(Deno[Deno.internal])

@@ -1,0 +1,139 @@
+//! Our Deno extension: console capture, and replacements for the ops a
+//! function must never reach (they would exit the process, start threads,
+//! listen, or talk to Unix sockets). Replacing an op keeps its slot in the
+//! snapshot's external-reference table, which is why this works on a
+//! snapshotted runtime; a fast op is only ever replaced by a fast op.
+
+use std::time::Instant;
+
+use deno_error::JsErrorBox;
+use deno_runtime::deno_core::{self, op2, OpState};
+use fn_protocol::{LogLevel, WorkerMsg};
+use tokio::sync::mpsc::{error::TrySendError, Sender};
+
+use crate::logs::LogGate;
+
+/// Where the print op sends console lines; lives in the isolate's OpState.
+pub struct LogSink {
+    pub tx: Sender<WorkerMsg>,
+    pub gate: LogGate,
+    /// Lines lost because the channel to the supervisor was full.
+    pub overflowed: u64,
+}
+
+impl LogSink {
+    fn record(&mut self, raw: &str, is_err: bool) {
+        let (request_id, level, text) = parse_print(raw, is_err);
+        for (owner, text) in self.gate.admit(request_id, text, Instant::now()) {
+            let msg = WorkerMsg::Log {
+                request_id: owner,
+                level,
+                text,
+            };
+            match self.tx.try_send(msg) {
+                Ok(()) => {}
+                // Backpressure for console output is dropping it: a chatty
+                // function must not stall its own results or the supervisor.
+                Err(TrySendError::Full(_)) => self.overflowed += 1,
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}
+
+/// setup.js prefixes console lines with `\x01{request id}\x01{level}\x01`;
+/// anything else that reaches the print op is unattributed.
+pub fn parse_print(raw: &str, is_err: bool) -> (Option<u64>, LogLevel, &str) {
+    let fallback = if is_err {
+        LogLevel::Error
+    } else {
+        LogLevel::Info
+    };
+    let parsed = raw.strip_prefix('\u{1}').and_then(|rest| {
+        let mut parts = rest.splitn(3, '\u{1}');
+        let id = parts.next()?;
+        let level = parts.next()?.parse::<u32>().ok()?;
+        let text = parts.next()?;
+        Some((id.parse::<u64>().ok(), LogLevel::from_deno(level), text))
+    });
+    let (id, level, text) = parsed.unwrap_or((None, fallback, raw));
+    (id, level, text.strip_suffix('\n').unwrap_or(text))
+}
+
+#[op2(fast)]
+fn op_fn_print(state: &mut OpState, #[string] msg: &str, is_err: bool) {
+    if let Some(sink) = state.try_borrow_mut::<LogSink>() {
+        sink.record(msg, is_err);
+    }
+}
+
+fn not_capable(message: &str) -> JsErrorBox {
+    JsErrorBox::new("NotCapable", message.to_owned())
+}
+
+#[op2(fast)]
+fn op_fn_refuse_exit() -> Result<(), JsErrorBox> {
+    Err(not_capable(
+        "Deno.exit() is not allowed: a function cannot end its worker",
+    ))
+}
+
+#[op2(fast)]
+fn op_fn_refuse_listen() -> Result<(), JsErrorBox> {
+    Err(not_capable(
+        "listening is not allowed: functions are called over HTTP, they do not serve",
+    ))
+}
+
+#[op2]
+async fn op_fn_refuse_socket() -> Result<(), JsErrorBox> {
+    Err(not_capable(
+        "Unix and vsock sockets are not allowed: functions reach the network over TCP only",
+    ))
+}
+
+#[op2(fast)]
+fn op_fn_refuse_worker() -> Result<(), JsErrorBox> {
+    Err(not_capable("Workers are not available to functions"))
+}
+
+#[op2(fast)]
+fn op_fn_refuse_cron() -> Result<(), JsErrorBox> {
+    Err(not_capable(
+        "Deno.cron() is not allowed: functions are invoked, not scheduled",
+    ))
+}
+
+#[op2]
+async fn op_fn_refuse_kv() -> Result<(), JsErrorBox> {
+    Err(not_capable(
+        "Deno.openKv() is not allowed: functions have no local storage",
+    ))
+}
+
+deno_core::extension!(
+    fn_sandbox,
+    middleware = |op| match op.name {
+        "op_print" => op.with_implementation_from(&op_fn_print()),
+        "op_exit" => op.with_implementation_from(&op_fn_refuse_exit()),
+        "op_net_listen_tcp"
+        | "op_net_listen_udp"
+        | "op_node_unstable_net_listen_udp"
+        | "op_net_listen_unix"
+        | "op_net_listen_unixpacket"
+        | "op_net_listen_tls"
+        | "op_net_listen_vsock"
+        | "op_net_listen_tunnel"
+        // Adopting an arbitrary descriptor bypasses the fd table.
+        | "op_node_udp_open" => op.with_implementation_from(&op_fn_refuse_listen()),
+        "op_net_connect_unix" | "op_net_connect_vsock" => {
+            op.with_implementation_from(&op_fn_refuse_socket())
+        }
+        // The default web-worker factory is `unimplemented!()`.
+        "op_create_worker" => op.with_implementation_from(&op_fn_refuse_worker()),
+        // Unstable APIs whose feature check would exit the process.
+        "op_cron_create" => op.with_implementation_from(&op_fn_refuse_cron()),
+        "op_kv_database_open" => op.with_implementation_from(&op_fn_refuse_kv()),
+        _ => op,
+    },
+);
