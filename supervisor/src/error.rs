@@ -27,8 +27,34 @@ pub enum ApiError {
     BadCode(InitError),
     #[error("{}", .0.message)]
     FunctionFailed(JsErrorInfo),
-    #[error("the function's worker process died during the invocation; it is being restarted")]
-    WorkerDied,
+    #[error(
+        "the function's worker process died during the invocation ({0}); it is being restarted"
+    )]
+    WorkerDied(String),
+    #[error("memory limit exceeded ({0} MB)")]
+    MemoryLimit(u32),
+    #[error("worker recycled after a runaway invocation")]
+    Recycled,
+    #[error("function '{0}' was deleted")]
+    Deleted(String),
+    #[error("missing or unknown API token")]
+    Unauthorized,
+    #[error("this token's scope ({have}) does not allow {what}; an {need} token is required")]
+    Forbidden {
+        have: &'static str,
+        need: &'static str,
+        what: String,
+    },
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_s: u64 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
+    #[error("the supervisor is still restoring its functions")]
+    NotReady,
     #[error("function '{id}' is unavailable: {reason}")]
     Unavailable {
         id: String,
@@ -50,11 +76,20 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::FunctionFailed(_) | ApiError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
+            ApiError::FunctionFailed(_)
+            | ApiError::Internal(_)
+            | ApiError::MemoryLimit(_)
+            | ApiError::Recycled => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::WorkerDied(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable { .. } | ApiError::ShuttingDown | ApiError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::WorkerDied => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Deleted(_) => StatusCode::GONE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -88,6 +123,8 @@ fn init_kind(kind: InitErrorKind) -> &'static str {
         InitErrorKind::Import => "import",
         InitErrorKind::TopLevel => "top_level",
         InitErrorKind::Internal => "internal",
+        InitErrorKind::Exit => "exit",
+        InitErrorKind::MemoryLimit => "memory_limit",
     }
 }
 
@@ -100,10 +137,21 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response = (status, Json(self.body())).into_response();
-        if let ApiError::Unavailable { retry_after_s, .. } = &self {
-            if let Ok(v) = HeaderValue::from_str(&retry_after_s.max(&1).to_string()) {
+        let retry_after = match &self {
+            ApiError::Unavailable { retry_after_s, .. }
+            | ApiError::TooManyRequests { retry_after_s, .. } => Some(*retry_after_s),
+            ApiError::ShuttingDown | ApiError::NotReady => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            if let Ok(v) = HeaderValue::from_str(&seconds.max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -1,20 +1,87 @@
-//! A deployed function: its definition, counters, and the monitor task that
-//! keeps exactly one worker process alive for it (restarting after crashes,
-//! backing off when it keeps crashing).
+//! A deployed version of a function: its definition, and the monitor task
+//! that keeps exactly one worker process alive for it (restarting after
+//! crashes, backing off when it keeps crashing, draining when replaced).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use fn_protocol::Outcome;
-use serde::Serialize;
-use tokio::process::Child;
+use fn_protocol::{InvokeContext, NetPolicy, Outcome, RetireReason};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{error, info, warn, Instrument};
 
 use crate::hooks::Hook;
-use crate::process::{self, Finished, InvokeError, LogEntry, SpawnSpec, Started, WorkerProcess};
+use crate::logs::{FunctionLogs, LogEntry};
+use crate::process::{self, ExitInfo, Finished, InvokeError, ProcState, Started, WorkerProcess};
+use crate::redact::Redactor;
+use crate::spawner::Spawner;
+
+/// What a deploy asked for besides the code; stored with each version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionConfig {
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+    pub max_concurrency: u32,
+    #[serde(default)]
+    pub hooks: Vec<String>,
+    #[serde(default)]
+    pub net: NetRules,
+}
+
+/// Per-function egress rules as given at deploy (they can only narrow).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetRules {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// One version of a function, immutable.
+pub struct Definition {
+    pub id: String,
+    pub version: u64,
+    pub code: Arc<str>,
+    pub config: FunctionConfig,
+    pub hooks: Vec<Hook>,
+    pub net: NetPolicy,
+    pub created_at_ms: u64,
+}
+
+impl Definition {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.timeout_ms)
+    }
+}
+
+/// Counters of a function id, kept across versions.
+#[derive(Default)]
+pub struct Stats {
+    pub invocations: AtomicU64,
+    pub errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+/// What all versions of one id share.
+pub struct Shared {
+    pub stats: Stats,
+    pub logs: Arc<FunctionLogs>,
+    pub redactor: Arc<Redactor>,
+    pub secrets: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl Shared {
+    pub fn secrets(&self) -> Vec<(String, String)> {
+        self.secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
 
 /// Where the function's worker is in its life.
 #[derive(Clone)]
@@ -51,195 +118,188 @@ pub enum CallError {
     /// Carries the console output captured before the deadline.
     #[error("timed out")]
     Timeout(Vec<LogEntry>),
-    #[error("the worker process died during the invocation")]
-    WorkerDied,
+    #[error("the function's worker process died during the invocation ({0})")]
+    WorkerDied(ExitInfo),
+    #[error("memory limit exceeded ({0} MB)")]
+    MemoryLimit(u32),
+    #[error("worker recycled after a runaway invocation")]
+    Recycled,
     #[error("function is unavailable: {reason}")]
     Unavailable {
         retry_after: Duration,
         reason: String,
     },
-    #[error("function was removed")]
-    Gone,
-}
-
-impl From<InvokeError> for CallError {
-    fn from(e: InvokeError) -> Self {
-        match e {
-            InvokeError::Timeout(logs) => CallError::Timeout(logs),
-            InvokeError::WorkerDied => CallError::WorkerDied,
-        }
-    }
-}
-
-#[derive(Default)]
-pub struct Stats {
-    pub invocations: AtomicU64,
-    pub errors: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub restarts: AtomicU64,
+    /// This version no longer takes invocations: the caller looks up the
+    /// current one and tries again.
+    #[error("this version was replaced")]
+    Retired,
+    #[error("function was deleted")]
+    Deleted,
 }
 
 /// How one call is made.
-#[derive(Default)]
-pub struct CallOptions<'a> {
+pub struct CallOptions {
+    pub deadline: Instant,
+    pub context: InvokeContext,
     /// Keep the invocation's console output for the caller.
     pub capture_logs: bool,
-    /// Strings to scrub from everything the supervisor writes about this
-    /// worker from now on.
-    pub secrets: &'a [String],
-    /// This call's deadline instead of the function's.
-    pub timeout: Option<Duration>,
 }
 
 pub struct Function {
-    pub id: String,
-    pub version: u64,
-    pub hooks: Vec<Hook>,
-    pub timeout: Duration,
-    pub deployed_at: SystemTime,
-    pub stats: Stats,
-    spec: SpawnSpec,
+    pub def: Arc<Definition>,
+    pub shared: Arc<Shared>,
+    spawner: Arc<Spawner>,
     policy: RestartPolicy,
     slot: watch::Sender<Slot>,
     stop: watch::Sender<StopMode>,
     done: watch::Sender<bool>,
-}
-
-#[derive(Serialize)]
-pub struct FunctionInfo {
-    pub id: String,
-    pub version: u64,
-    pub status: &'static str,
-    pub pid: Option<u32>,
-    pub timeout_ms: u64,
-    pub hooks: Vec<&'static str>,
-    pub invocations: u64,
-    pub errors: u64,
-    pub timeouts: u64,
-    pub restarts: u64,
-    pub deployed_at: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unhealthy_reason: Option<String>,
+    deleted: AtomicBool,
 }
 
 impl Function {
     /// Wraps an already started (ready) worker and starts its monitor.
     pub fn launch(
-        version: u64,
-        hooks: Vec<Hook>,
-        timeout: Duration,
-        spec: SpawnSpec,
+        def: Arc<Definition>,
+        shared: Arc<Shared>,
+        spawner: Arc<Spawner>,
         policy: RestartPolicy,
-        started: Started,
+        started: Option<Started>,
     ) -> Arc<Self> {
-        let (slot, _) = watch::channel(Slot::Ready(started.process.clone()));
-        let (stop, _) = watch::channel(StopMode::Running);
-        let (done, _) = watch::channel(false);
+        let initial = match &started {
+            Some(s) => Slot::Ready(s.process.clone()),
+            None => Slot::Starting,
+        };
         let function = Arc::new(Self {
-            id: spec.function_id.clone(),
-            version,
-            hooks,
-            timeout,
-            deployed_at: SystemTime::now(),
-            stats: Stats::default(),
-            spec,
+            def,
+            shared,
+            spawner,
             policy,
-            slot,
-            stop,
-            done,
+            slot: watch::channel(initial).0,
+            stop: watch::channel(StopMode::Running).0,
+            done: watch::channel(false).0,
+            deleted: AtomicBool::new(false),
         });
-        let span = tracing::info_span!("function", id = %function.id, version);
+        // A root span: the monitor outlives the request that deployed it.
+        let span = tracing::info_span!(
+            parent: None,
+            "function",
+            id = %function.def.id,
+            version = function.def.version
+        );
         tokio::spawn(function.clone().monitor(started).instrument(span));
         function
     }
 
+    pub fn id(&self) -> &str {
+        &self.def.id
+    }
+
+    pub fn version(&self) -> u64 {
+        self.def.version
+    }
+
     pub fn serves(&self, hook: Hook) -> bool {
-        self.hooks.contains(&hook)
+        self.def.hooks.contains(&hook)
     }
 
-    pub fn info(&self) -> FunctionInfo {
-        let slot = self.slot.borrow().clone();
-        let (status, pid, reason) = match slot {
-            Slot::Starting => ("starting", None, None),
-            Slot::Ready(p) => ("ready", Some(p.pid), None),
-            Slot::Backoff { reason, .. } => ("unhealthy", None, Some(reason)),
-            Slot::Stopped => ("stopped", None, None),
-        };
-        FunctionInfo {
-            id: self.id.clone(),
-            version: self.version,
-            status,
-            pid,
-            timeout_ms: self.timeout.as_millis() as u64,
-            hooks: self.hooks.iter().map(|h| h.name()).collect(),
-            invocations: self.stats.invocations.load(Ordering::Relaxed),
-            errors: self.stats.errors.load(Ordering::Relaxed),
-            timeouts: self.stats.timeouts.load(Ordering::Relaxed),
-            restarts: self.stats.restarts.load(Ordering::Relaxed),
-            deployed_at: self
-                .deployed_at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default(),
-            unhealthy_reason: reason,
+    pub fn slot(&self) -> Slot {
+        self.slot.borrow().clone()
+    }
+
+    /// Runs the handler with `payload` (JSON text) until the deadline, which
+    /// also covers waiting for a restarting worker. An invocation that never
+    /// reached a worker waits for the replacement instead of failing.
+    pub async fn call(&self, payload: Vec<u8>, opts: CallOptions) -> Result<Finished, CallError> {
+        loop {
+            let worker = self.ready_worker(opts.deadline).await?;
+            let result = worker
+                .invoke(
+                    payload.clone(),
+                    opts.deadline,
+                    opts.context.clone(),
+                    opts.capture_logs,
+                )
+                .await;
+            return match result {
+                Err(InvokeError::NotDelivered) => {
+                    // Let the monitor notice the dead or retiring worker.
+                    self.wait_replaced(&worker, opts.deadline).await?;
+                    continue;
+                }
+                Err(InvokeError::Timeout(logs)) => Err(CallError::Timeout(logs)),
+                Err(InvokeError::Died(_)) if self.deleted.load(Ordering::SeqCst) => {
+                    Err(CallError::Deleted)
+                }
+                Err(InvokeError::Died(info)) if info.memory_exhausted() => {
+                    Err(CallError::MemoryLimit(self.def.config.memory_mb))
+                }
+                Err(InvokeError::Died(info)) => Err(CallError::WorkerDied(info)),
+                Ok(Finished {
+                    outcome: Outcome::Aborted(RetireReason::MemoryLimit { limit_mb }),
+                    ..
+                }) => Err(CallError::MemoryLimit(limit_mb)),
+                Ok(Finished {
+                    outcome: Outcome::Aborted(RetireReason::Runaway),
+                    ..
+                }) => Err(CallError::Recycled),
+                Ok(finished) => Ok(finished),
+            };
         }
     }
 
-    /// Runs the handler with `payload` (JSON text). The deadline covers
-    /// waiting for a restarting worker as well.
-    pub async fn call(
+    async fn wait_replaced(
         &self,
-        payload: Vec<u8>,
-        opts: CallOptions<'_>,
-    ) -> Result<Finished, CallError> {
-        self.stats.invocations.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + opts.timeout.unwrap_or(self.timeout);
-        let result = match self.ready_worker(deadline).await {
-            Ok(worker) => {
-                worker.secrets.add(opts.secrets);
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                worker
-                    .invoke(payload, remaining, opts.capture_logs)
-                    .await
-                    .map_err(CallError::from)
+        worker: &Arc<WorkerProcess>,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        let mut slot = self.slot.subscribe();
+        loop {
+            let same =
+                matches!(&*slot.borrow_and_update(), Slot::Ready(p) if Arc::ptr_eq(p, worker));
+            if !same {
+                return Ok(());
             }
-            Err(e) => Err(e),
-        };
-        match &result {
-            Ok(Finished {
-                outcome: Outcome::Ok(_),
-                ..
-            }) => {}
-            Err(CallError::Timeout(_)) => {
-                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            if *self.stop.borrow() != StopMode::Running {
+                return Err(self.stopped_error());
             }
-            _ => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout_at(deadline.into(), slot.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(self.stopped_error()),
+                Err(_) => return Err(CallError::Timeout(Vec::new())),
             }
         }
-        result
+    }
+
+    fn stopped_error(&self) -> CallError {
+        if self.deleted.load(Ordering::SeqCst) {
+            CallError::Deleted
+        } else {
+            CallError::Retired
+        }
     }
 
     async fn ready_worker(&self, deadline: Instant) -> Result<Arc<WorkerProcess>, CallError> {
         let mut slot = self.slot.subscribe();
         loop {
+            if *self.stop.borrow() != StopMode::Running {
+                return Err(self.stopped_error());
+            }
             let current = slot.borrow_and_update().clone();
             match current {
-                Slot::Ready(p) if !p.is_closed() => return Ok(p),
+                Slot::Ready(p) if p.accepts() => return Ok(p),
                 Slot::Backoff { until, reason } => {
                     return Err(CallError::Unavailable {
                         retry_after: until.saturating_duration_since(Instant::now()),
                         reason,
                     })
                 }
-                Slot::Stopped => return Err(CallError::Gone),
-                // Starting, or ready but just died: the monitor is on it.
+                Slot::Stopped => return Err(self.stopped_error()),
+                // Starting, or ready but dying/retiring: the monitor is on it.
                 Slot::Starting | Slot::Ready(_) => {}
             }
             match tokio::time::timeout_at(deadline.into(), slot.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(CallError::Gone),
+                Ok(Err(_)) => return Err(self.stopped_error()),
                 Err(_) => return Err(CallError::Timeout(Vec::new())),
             }
         }
@@ -248,7 +308,7 @@ impl Function {
     /// Stops the function's worker and waits until the process is reaped.
     pub async fn stop(&self, mode: StopMode) {
         self.stop.send_if_modified(|m| {
-            if *m == StopMode::Running || mode == StopMode::Kill {
+            if *m == StopMode::Running || (mode == StopMode::Kill && *m != StopMode::Kill) {
                 *m = mode;
                 true
             } else {
@@ -259,17 +319,25 @@ impl Function {
         let _ = done.wait_for(|d| *d).await;
     }
 
-    async fn monitor(self: Arc<Self>, started: Started) {
+    /// Like `stop(Kill)`, and in-flight invocations learn it was a delete.
+    pub async fn delete(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+        self.stop(StopMode::Kill).await;
+    }
+
+    fn stop_requested(&self) -> StopMode {
+        *self.stop.borrow()
+    }
+
+    async fn monitor(self: Arc<Self>, started: Option<Started>) {
         let mut stop = self.stop.subscribe();
-        let mut current: Option<(Child, Arc<WorkerProcess>)> =
-            Some((started.child, started.process));
+        let mut current = started.map(|s| s.process);
         let mut crashes: VecDeque<Instant> = VecDeque::new();
         'life: loop {
-            if let Some((mut child, process)) = current.take() {
+            if let Some(process) = current.take() {
                 let stopped = tokio::select! {
-                    status = child.wait() => {
-                        process.mark_reaped();
-                        warn!(pid = process.pid, ?status, "worker exited unexpectedly");
+                    info = process.exited() => {
+                        self.worker_exited(&process, info);
                         None
                     }
                     mode = stop.wait_for(|m| *m != StopMode::Running) => {
@@ -277,44 +345,58 @@ impl Function {
                     }
                 };
                 if let Some(mode) = stopped {
-                    self.retire(child, process, mode).await;
+                    self.retire(process, mode, &mut stop).await;
                     break 'life;
                 }
-            }
-            // The worker is gone: restart it, backing off in a crash loop.
-            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-            let now = Instant::now();
-            crashes.push_back(now);
-            while crashes
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > self.policy.crash_window)
-            {
-                crashes.pop_front();
-            }
-            let delay = self.backoff_delay(crashes.len() as u32);
-            if !delay.is_zero() {
-                let reason = format!(
-                    "worker crashed {} times within {}s; next restart in {}s",
-                    crashes.len(),
-                    self.policy.crash_window.as_secs(),
-                    delay.as_secs()
-                );
-                error!(%reason, "function is unhealthy");
-                self.slot.send_replace(Slot::Backoff {
-                    until: now + delay,
-                    reason,
-                });
-                let stopped = tokio::select! {
-                    _ = tokio::time::sleep(delay) => false,
-                    _ = stop.wait_for(|m| *m != StopMode::Running) => true,
-                };
-                if stopped {
-                    break 'life;
+                let now = Instant::now();
+                crashes.push_back(now);
+                while crashes
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.policy.crash_window)
+                {
+                    crashes.pop_front();
+                }
+                let delay = self.backoff_delay(crashes.len() as u32);
+                if !delay.is_zero() {
+                    let reason = format!(
+                        "worker crashed {} times within {}s; next restart in {}s",
+                        crashes.len(),
+                        self.policy.crash_window.as_secs(),
+                        delay.as_secs()
+                    );
+                    error!(%reason, "function is unhealthy");
+                    self.shared.logs.lifecycle("error", reason.clone());
+                    self.slot.send_replace(Slot::Backoff {
+                        until: now + delay,
+                        reason,
+                    });
+                    let stopped = tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        _ = stop.wait_for(|m| *m != StopMode::Running) => true,
+                    };
+                    if stopped {
+                        break 'life;
+                    }
                 }
             }
             self.slot.send_replace(Slot::Starting);
+            let spec = self.spawner.spec(&self.def, self.shared.secrets());
+            let attempt = async {
+                match spec {
+                    Ok(spec) => {
+                        process::start(
+                            &spec,
+                            self.policy.kill_grace,
+                            self.shared.redactor.clone(),
+                            self.shared.logs.clone(),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            };
             let attempt = tokio::select! {
-                r = process::start(&self.spec, self.policy.kill_grace) => Some(r),
+                r = attempt => Some(r),
                 _ = stop.wait_for(|m| *m != StopMode::Running) => None,
             };
             match attempt {
@@ -323,16 +405,53 @@ impl Function {
                     info!(
                         pid = started.process.pid,
                         ready_ms = started.ready.as_millis() as u64,
-                        "worker restarted"
+                        "worker started"
+                    );
+                    self.shared.logs.lifecycle(
+                        "info",
+                        format!("worker started (pid {})", started.process.pid),
                     );
                     self.slot.send_replace(Slot::Ready(started.process.clone()));
-                    current = Some((started.child, started.process));
+                    current = Some(started.process);
                 }
-                Some(Err(e)) => warn!(error = %e, "worker restart failed"),
+                Some(Err(e)) => {
+                    warn!(error = %e, "worker start failed");
+                    self.shared
+                        .logs
+                        .lifecycle("error", format!("worker start failed: {e}"));
+                    // Counts as a crash, so a function that cannot start
+                    // backs off instead of spinning.
+                    let now = Instant::now();
+                    crashes.push_back(now);
+                    let delay = self
+                        .backoff_delay(crashes.len() as u32)
+                        .max(Duration::from_millis(100));
+                    self.slot.send_replace(Slot::Backoff {
+                        until: now + delay,
+                        reason: format!("worker start failed: {e}"),
+                    });
+                    let stopped = tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        _ = stop.wait_for(|m| *m != StopMode::Running) => true,
+                    };
+                    if stopped {
+                        break 'life;
+                    }
+                }
             }
         }
         self.slot.send_replace(Slot::Stopped);
         let _ = self.done.send(true);
+    }
+
+    fn worker_exited(&self, process: &WorkerProcess, info: ExitInfo) {
+        self.shared.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        let what = match info.worker_exit() {
+            Some(e) => format!("worker {} exited: {}", process.pid, e.describe()),
+            None => format!("worker {} crashed ({info})", process.pid),
+        };
+        warn!(pid = process.pid, %info, "worker exited unexpectedly");
+        self.shared.logs.lifecycle("warn", what);
     }
 
     fn backoff_delay(&self, recent_crashes: u32) -> Duration {
@@ -343,26 +462,49 @@ impl Function {
         Duration::from_secs(1u64 << exponent).min(self.policy.max_backoff)
     }
 
-    async fn retire(&self, mut child: Child, process: Arc<WorkerProcess>, mode: StopMode) {
+    async fn retire(
+        &self,
+        process: Arc<WorkerProcess>,
+        mode: StopMode,
+        stop: &mut watch::Receiver<StopMode>,
+    ) {
         if mode == StopMode::Drain {
-            // Let in-flight invocations of the old version finish, within
-            // their own deadline.
-            let deadline = Instant::now() + self.timeout + self.policy.kill_grace;
-            while process.in_flight() > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            // Let in-flight invocations of the old version finish, each
+            // within its own deadline (which may exceed the function's).
+            loop {
+                if process.in_flight() == 0 || !matches!(process.state(), ProcState::Running) {
+                    break;
+                }
+                let limit = process
+                    .last_deadline()
+                    .map_or(Instant::now(), |d| d + self.policy.kill_grace);
+                if Instant::now() >= limit {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = stop.wait_for(|m| *m == StopMode::Kill) => break,
+                }
             }
-            process.shutdown();
-            if tokio::time::timeout(self.policy.kill_grace, child.wait())
-                .await
-                .is_ok()
-            {
-                process.mark_reaped();
-                return;
+            if self.stop_requested() != StopMode::Kill {
+                process.shutdown();
+                if tokio::time::timeout(self.policy.kill_grace, process.exited())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
             }
         }
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        process.mark_reaped();
+        process.kill();
+        process.exited().await;
+        self.shared.logs.lifecycle(
+            "info",
+            format!(
+                "worker {} stopped (version {})",
+                process.pid, self.def.version
+            ),
+        );
         info!(pid = process.pid, "worker stopped");
     }
 }

@@ -2,19 +2,20 @@
 //! pipeline's context, concurrently and without ever failing the pipeline,
 //! and the activation records each firing leaves behind.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fn_protocol::Outcome;
-use serde::Serialize;
+use fn_protocol::{InvokeContext, Outcome};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::error::format_seconds;
 use crate::function::{CallError, CallOptions, Function};
-use crate::process::{redact_with, LogEntry, REDACTED};
+use crate::logs::LogEntry;
+use crate::redact::{redact_text, redact_value, spellings, REDACTED};
+use crate::store::{ActivationRecord, StoreError, StoreHandle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hook {
@@ -98,8 +99,9 @@ pub fn secrets_of(context: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The context as it may be stored: secrets replaced.
-fn redacted_context(context: &Value) -> Value {
+/// The context as it may be stored: secrets replaced, also wherever else
+/// in the context they appear.
+fn redacted_context(context: &Value, patterns: &[String]) -> Value {
     let mut copy = context.clone();
     for path in SECRET_PATHS {
         let pointer = format!("/{}", path.replace('.', "/"));
@@ -107,14 +109,15 @@ fn redacted_context(context: &Value) -> Value {
             *node = Value::String(REDACTED.into());
         }
     }
+    redact_value(&mut copy, patterns);
     copy
 }
 
 /// One function's run within an activation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionRun {
     pub activation_id: String,
-    pub hook: &'static str,
+    pub hook: String,
     pub function: String,
     pub version: u64,
     pub ok: bool,
@@ -129,12 +132,12 @@ pub struct FunctionRun {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Activation {
     pub activation_id: String,
-    pub hook: &'static str,
+    pub hook: String,
     /// `running` until every function finished, then `completed`.
-    pub status: &'static str,
+    pub status: String,
     pub started_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at_ms: Option<u64>,
@@ -143,68 +146,14 @@ pub struct Activation {
     pub results: Vec<FunctionRun>,
 }
 
-/// Recent activations, bounded by count and age (in memory until the
-/// durable registry lands).
-pub struct ActivationStore {
-    records: Mutex<VecDeque<Activation>>,
-    max_count: usize,
-    max_age: Duration,
+/// Activation records, kept in the durable store and bounded by count,
+/// total bytes and age.
+pub struct Activations {
+    store: StoreHandle,
     next: AtomicU64,
-}
-
-impl ActivationStore {
-    pub fn new(max_count: usize, max_age: Duration) -> Self {
-        Self {
-            records: Mutex::new(VecDeque::new()),
-            max_count,
-            max_age,
-            next: AtomicU64::new(1),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Activation>> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn new_id(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("act-{}-{n}", epoch_ms())
-    }
-
-    fn put(&self, activation: Activation) {
-        let mut records = self.lock();
-        match records
-            .iter_mut()
-            .find(|a| a.activation_id == activation.activation_id)
-        {
-            Some(slot) => *slot = activation,
-            None => records.push_back(activation),
-        }
-        let oldest_allowed = epoch_ms().saturating_sub(self.max_age.as_millis() as u64);
-        while records.len() > self.max_count
-            || records
-                .front()
-                .is_some_and(|a| a.started_at_ms < oldest_allowed && a.status != "running")
-        {
-            records.pop_front();
-        }
-    }
-
-    pub fn get(&self, id: &str) -> Option<Activation> {
-        self.lock().iter().find(|a| a.activation_id == id).cloned()
-    }
-
-    /// The newest `limit` runs of one function, newest first.
-    pub fn for_function(&self, function: &str, limit: usize) -> Vec<FunctionRun> {
-        self.lock()
-            .iter()
-            .rev()
-            .flat_map(|a| a.results.iter().rev())
-            .filter(|r| r.function == function)
-            .take(limit)
-            .cloned()
-            .collect()
-    }
+    pub max_count: usize,
+    pub max_bytes: u64,
+    pub max_age: Duration,
 }
 
 fn epoch_ms() -> u64 {
@@ -214,26 +163,143 @@ fn epoch_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// Registers a new activation and returns it with everything needed to run.
-pub fn begin(store: &ActivationStore, hook: Hook, context: &Value) -> Activation {
+impl Activations {
+    pub fn new(store: StoreHandle, max_count: usize, max_bytes: u64, max_age: Duration) -> Self {
+        Self {
+            store,
+            next: AtomicU64::new(1),
+            max_count,
+            max_bytes,
+            max_age,
+        }
+    }
+
+    fn new_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("act-{}-{n}", epoch_ms())
+    }
+
+    async fn put(&self, activation: &Activation) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(activation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let record = ActivationRecord {
+            activation_id: activation.activation_id.clone(),
+            hook: activation.hook.clone(),
+            started_at_ms: activation.started_at_ms,
+            status: activation.status.clone(),
+            functions: activation
+                .results
+                .iter()
+                .map(|r| r.function.clone())
+                .collect(),
+            json,
+        };
+        self.store.put_activation(record).await?;
+        if activation.status != "running" {
+            self.store
+                .prune_activations(
+                    self.max_count,
+                    self.max_bytes,
+                    self.max_age.as_millis() as u64,
+                    epoch_ms(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Activation>, StoreError> {
+        let Some(record) = self.store.activation(id).await? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&record.json)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The newest `limit` runs of one function, newest first.
+    pub async fn for_function(
+        &self,
+        function: &str,
+        limit: usize,
+    ) -> Result<Vec<FunctionRun>, StoreError> {
+        let records = self.store.activations_for(function, limit).await?;
+        let mut runs = Vec::new();
+        for r in records {
+            let a: Activation =
+                serde_json::from_str(&r.json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            runs.extend(
+                a.results
+                    .into_iter()
+                    .rev()
+                    .filter(|run| run.function == function),
+            );
+        }
+        runs.truncate(limit);
+        Ok(runs)
+    }
+}
+
+/// Registers a new activation (status `running`) and returns it.
+pub async fn begin(
+    store: &Activations,
+    hook: Hook,
+    context: &Value,
+    functions: &[Arc<Function>],
+) -> Result<Activation, StoreError> {
+    let patterns = context_patterns(context);
+    let mut warnings = missing_fields(hook, context);
+    redact_list(&mut warnings, &patterns);
     let activation = Activation {
         activation_id: store.new_id(),
-        hook: hook.name(),
-        status: "running",
+        hook: hook.name().to_owned(),
+        status: "running".into(),
         started_at_ms: epoch_ms(),
         ended_at_ms: None,
-        context: redacted_context(context),
-        warnings: missing_fields(hook, context),
-        results: Vec::new(),
+        context: redacted_context(context, &patterns),
+        warnings,
+        results: functions
+            .iter()
+            .map(|f| FunctionRun {
+                activation_id: String::new(),
+                hook: hook.name().to_owned(),
+                function: f.id().to_owned(),
+                version: f.version(),
+                ok: false,
+                result: None,
+                error: Some("running".into()),
+                started_at_ms: 0,
+                ended_at_ms: 0,
+                duration_ms: 0.0,
+                logs: Vec::new(),
+                warnings: Vec::new(),
+            })
+            .collect(),
     };
-    store.put(activation.clone());
-    activation
+    store.put(&activation).await?;
+    Ok(activation)
+}
+
+fn redact_list(items: &mut [String], patterns: &[String]) {
+    for item in items {
+        *item = redact_text(item, patterns);
+    }
+}
+
+fn context_patterns(context: &Value) -> Vec<String> {
+    let mut patterns: Vec<String> = secrets_of(context)
+        .iter()
+        .flat_map(|s| spellings(s))
+        .collect();
+    patterns.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    patterns.dedup();
+    patterns
 }
 
 /// Runs every subscribed function concurrently, each under its own
 /// timeout, and completes the activation record. Never fails.
 pub async fn run(
-    store: &ActivationStore,
+    store: &Activations,
     mut activation: Activation,
     hook: Hook,
     functions: Vec<Arc<Function>>,
@@ -252,7 +318,7 @@ pub async fn run(
         )
     });
     activation.results = futures::future::join_all(runs).await;
-    activation.status = "completed";
+    activation.status = "completed".into();
     activation.ended_at_ms = Some(epoch_ms());
     let failed = activation.results.iter().filter(|r| !r.ok).count();
     info!(
@@ -262,7 +328,9 @@ pub async fn run(
         failed,
         "hook fired"
     );
-    store.put(activation.clone());
+    if let Err(e) = store.put(&activation).await {
+        warn!(error = %e, activation = %activation.activation_id, "cannot record an activation");
+    }
     activation
 }
 
@@ -276,24 +344,40 @@ async fn run_one(
 ) -> FunctionRun {
     let started_at_ms = epoch_ms();
     let started = Instant::now();
+    // The function's own redactor learns the context's secrets, so even
+    // lines it prints after this run ended are scrubbed.
+    function
+        .shared
+        .redactor
+        .add(secrets.iter().map(String::as_str));
+    let mut patterns = function.shared.redactor.patterns();
+    for s in secrets {
+        patterns.extend(spellings(s));
+    }
+    patterns.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    patterns.dedup();
     let result = function
         .call(
             payload,
             CallOptions {
+                deadline: started + function.def.timeout(),
+                context: InvokeContext {
+                    request_key: format!("{activation_id}/{}", function.id()),
+                    deadline_ms: epoch_ms() + function.def.timeout().as_millis() as u64,
+                },
                 capture_logs: true,
-                secrets,
-                timeout: None,
             },
         )
         .await;
-    let scrub = |text: &str| redact_with(text, secrets.iter());
+    let scrub = |text: &str| redact_text(text, &patterns);
     let (ok, value, error, logs) = match result {
         Ok(finished) => {
             let logs = finished.logs;
             match finished.outcome {
                 Outcome::Ok(json) => {
-                    let text = scrub(&String::from_utf8_lossy(&json));
-                    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    let mut value = serde_json::from_slice(&json)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&json).into()));
+                    redact_value(&mut value, &patterns);
                     (true, Some(value), None, logs)
                 }
                 Outcome::Error(e) => (
@@ -302,22 +386,20 @@ async fn run_one(
                     Some(scrub(&format!("{}: {}", e.name, e.message))),
                     logs,
                 ),
-                Outcome::Cancelled => (false, None, Some(timeout_message(function)), logs),
+                _ => (false, None, Some(timeout_message(function)), logs),
             }
         }
         Err(CallError::Timeout(logs)) => (false, None, Some(timeout_message(function)), logs),
-        Err(e @ (CallError::WorkerDied | CallError::Gone | CallError::Unavailable { .. })) => {
-            (false, None, Some(e.to_string()), Vec::new())
-        }
+        Err(e) => (false, None, Some(e.to_string()), Vec::new()),
     };
     if let Some(error) = &error {
-        warn!(function = %function.id, hook = hook.name(), %error, "hook function failed");
+        warn!(function = %function.id(), hook = hook.name(), %error, "hook function failed");
     }
     FunctionRun {
         activation_id: activation_id.to_owned(),
-        hook: hook.name(),
-        function: function.id.clone(),
-        version: function.version,
+        hook: hook.name().to_owned(),
+        function: function.id().to_owned(),
+        version: function.version(),
         ok,
         result: value,
         error,
@@ -338,7 +420,7 @@ async fn run_one(
 fn timeout_message(function: &Function) -> String {
     format!(
         "Execution timeout ({})",
-        format_seconds(function.timeout.as_millis() as u64)
+        format_seconds(function.def.timeout().as_millis() as u64)
     )
 }
 
@@ -368,25 +450,13 @@ mod tests {
 
     #[test]
     fn secrets_are_found_and_redacted() {
-        let ctx = json!({"credentials": {"password": "hunter2"}});
-        assert_eq!(secrets_of(&ctx), vec!["hunter2".to_string()]);
+        let ctx = json!({"credentials": {"password": "hun\"ter2"}, "note": "pw is hun\"ter2"});
+        assert_eq!(secrets_of(&ctx), vec!["hun\"ter2".to_string()]);
+        let patterns = context_patterns(&ctx);
         assert_eq!(
-            redacted_context(&ctx),
-            json!({"credentials": {"password": "[REDACTED]"}})
+            redacted_context(&ctx, &patterns),
+            json!({"credentials": {"password": "[REDACTED]"}, "note": "pw is [REDACTED]"})
         );
-        assert_eq!(
-            redact_with("pw=hunter2!", secrets_of(&ctx).iter()),
-            "pw=[REDACTED]!"
-        );
-    }
-
-    #[test]
-    fn store_is_bounded() {
-        let store = ActivationStore::new(2, Duration::from_secs(3600));
-        let ids: Vec<String> = (0..3)
-            .map(|_| begin(&store, Hook::PreBackup, &json!({})).activation_id)
-            .collect();
-        assert!(store.get(&ids[0]).is_none());
-        assert!(store.get(&ids[2]).is_some());
+        assert_eq!(redact_text("pw=hun\\\"ter2!", &patterns), "pw=[REDACTED]!");
     }
 }

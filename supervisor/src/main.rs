@@ -1,77 +1,126 @@
 use std::io::IsTerminal;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
-use fn_supervisor::Config;
+use fn_supervisor::config_load::{self, Source};
+use fn_supervisor::{Events, RunError, EXIT_CONFIG};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-/// Serverless functions supervisor: deploy JavaScript over HTTP, run each
-/// function warm in its own sandboxed fn-worker process.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    /// Address to listen on.
-    #[arg(long, env = "FN_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// fn-worker binary [default: next to this executable].
-    #[arg(long, env = "FN_WORKER_BIN")]
-    worker_bin: Option<PathBuf>,
-    /// Directory for the supervisor's state.
-    #[arg(long, env = "FN_DATA_DIR", default_value = "fn-data")]
-    data_dir: PathBuf,
-    /// Invocation timeout for functions deployed without `timeout_ms`.
-    #[arg(long, env = "FN_DEFAULT_TIMEOUT_MS", default_value_t = 30_000)]
-    default_timeout_ms: u64,
-    /// Largest accepted request body in bytes.
-    #[arg(long, env = "FN_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
-    max_body_bytes: usize,
-    /// V8 heap limit per worker, MiB.
-    #[arg(long, env = "FN_HEAP_LIMIT_MB", default_value_t = 128)]
-    heap_limit_mb: u32,
+fn main() -> ExitCode {
+    let loaded = match config_load::load(std::env::args_os(), |k| std::env::var(k).ok()) {
+        Ok(l) => l,
+        Err(config_load::LoadError::Usage(e)) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        Err(e) => {
+            eprintln!("fn-supervisor: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Validated before anything else happens, so a bad value never takes
+    // the port; the message names the key and where it came from.
+    if let Err(e) = loaded.config.validate() {
+        let source = match loaded.source_of(e.key()) {
+            Source::Default => "the default".to_owned(),
+            s => s.to_string(),
+        };
+        eprintln!("fn-supervisor: invalid configuration: {e} (from {source})");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if loaded.print_config {
+        print!("{}", config_load::to_toml(&loaded.config.masked()));
+        return ExitCode::SUCCESS;
+    }
+    let config = loaded.config;
+    // Logs are written by a background thread: a slow terminal or journal
+    // never blocks an invocation (lines are dropped instead).
+    let (writer, _flush) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if config.log_format == "json" {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fn-supervisor: cannot start the runtime: {e}");
+            return ExitCode::from(fn_supervisor::EXIT_OS);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "fn-supervisor stopped");
+            eprintln!("fn-supervisor: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let cli = Cli::parse();
-    let config = Config {
-        listen: cli.listen,
-        worker_bin: cli.worker_bin,
-        data_dir: cli.data_dir,
-        default_timeout_ms: cli.default_timeout_ms,
-        max_body_bytes: cli.max_body_bytes,
-        heap_limit_mb: cli.heap_limit_mb,
-        ..Config::default()
-    };
-    // Validated before binding, so a bad config never takes the port.
-    config.validate().context("invalid configuration")?;
+async fn serve(config: fn_supervisor::Config) -> Result<(), RunError> {
+    // A failure to install a handler is an error now, never a silent wait.
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Serve)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Serve)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(|e| {
+            RunError::Config(format!("listen: cannot listen on {}: {e}", config.listen))
+        })?;
+    let addr = listener.local_addr().map_err(RunError::Serve)?;
     println!("fn-supervisor listening on http://{addr}");
     tracing::info!(%addr, "listening");
-    fn_supervisor::run(config, listener, shutdown_signal()).await?;
-    Ok(())
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received (again to stop at once)"),
+        }
+        // A second interrupt stops at once; workers die with us.
+        tokio::spawn(async move {
+            int.recv().await;
+            eprintln!("fn-supervisor: second interrupt, stopping at once");
+            std::process::exit(130);
+        });
+    };
+    let events = Events {
+        on_ready: Some(Box::new(|| {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            watchdog();
+        })),
+        on_stopping: Some(Box::new(|| {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        })),
+    };
+    fn_supervisor::run_with(config, listener, shutdown, events).await
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+/// Pings systemd's watchdog from the async runtime, so a wedged runtime
+/// stops the pings and systemd restarts the service.
+fn watchdog() {
+    let Some(period) = sd_notify::watchdog_enabled().filter(|p| !p.is_zero()) else {
+        return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down");
+    let every = period / 2;
+    tokio::spawn(async move {
+        loop {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            tokio::time::sleep(every).await;
+        }
+    });
 }

@@ -1,36 +1,47 @@
-//! One `fn-worker` child process: spawning it with a clean slate, the
-//! handshake, and request/response multiplexing over its channel.
+//! One `fn-worker` child process: the handshake, request/response
+//! multiplexing over its channel, and the exact fate of every invocation
+//! sent to it: answered, never delivered (safe to send elsewhere), or lost
+//! with the worker.
 
-use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fn_protocol::{
-    FrameCodec, InitError, InitRequest, LogLevel, Outcome, ProtocolError, SupervisorMsg, WorkerMsg,
+    FrameCodec, InitError, InitRequest, InvokeContext, LogLevel, Outcome, ProtocolError,
+    RetireReason, SandboxReport, SelfTestReport, SupervisorMsg, WorkerExit, WorkerMsg,
     PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::Framed;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
+
+use crate::cgroup::WorkerCgroup;
+use crate::logs::{FunctionLogs, LogEntry};
+use crate::redact::Redactor;
+use crate::spawn::{self, Spawned};
 
 type WorkerFramed = Framed<tokio::net::UnixStream, FrameCodec<WorkerMsg, SupervisorMsg>>;
 
+/// Messages queued for one worker; when full, callers wait (backpressure).
+const OUTGOING: usize = 256;
+
+/// Console output kept per invocation for the caller (hooks record it).
+pub const MAX_CAPTURED_LOG_BYTES: usize = 64 * 1024;
+
 /// What to start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SpawnSpec {
-    pub worker_bin: PathBuf,
-    pub function_id: String,
-    pub code: Arc<str>,
-    pub heap_limit_mb: u32,
+    pub worker_bin: std::path::PathBuf,
+    pub args: fn_protocol::WorkerArgs,
+    pub init: InitRequest,
     /// Budget for boot plus the function's top-level code.
     pub ready_timeout: Duration,
+    pub cgroup: Option<Arc<WorkerCgroup>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,37 +54,61 @@ pub enum StartError {
     Protocol(#[from] ProtocolError),
     #[error("the function's top-level code did not finish within {0:?}")]
     Timeout(Duration),
-    #[error("the worker exited during start-up")]
-    Exited,
+    #[error("the worker exited during start-up ({0})")]
+    Exited(ExitInfo),
+    #[error("the worker's sandbox failed: {0}")]
+    Sandbox(String),
 }
 
-#[derive(Debug, thiserror::Error)]
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitInfo {
+    Exited(i32),
+    Signaled(i32),
+    /// Killed by the kernel for exceeding its cgroup's memory limit.
+    OomKilled,
+    Unknown,
+}
+
+impl ExitInfo {
+    pub fn memory_exhausted(self) -> bool {
+        matches!(self, ExitInfo::OomKilled)
+            || matches!(self, ExitInfo::Exited(c) if c == WorkerExit::MemoryLimit.code())
+    }
+
+    pub fn worker_exit(self) -> Option<WorkerExit> {
+        match self {
+            ExitInfo::Exited(c) => WorkerExit::from_code(c),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitInfo::Exited(c) => match WorkerExit::from_code(*c) {
+                Some(e) => write!(f, "exit {c}: {}", e.describe()),
+                None => write!(f, "exit {c}"),
+            },
+            ExitInfo::Signaled(s) => write!(f, "killed by signal {s}"),
+            ExitInfo::OomKilled => write!(f, "killed for exceeding its memory limit"),
+            ExitInfo::Unknown => write!(f, "unknown"),
+        }
+    }
+}
+
+/// How one invocation ended from the supervisor's point of view.
+#[derive(Debug)]
 pub enum InvokeError {
-    /// Carries the console output captured before the deadline.
-    #[error("timed out")]
+    /// The deadline passed (the worker was told to cancel). Carries the
+    /// console output captured so far.
     Timeout(Vec<LogEntry>),
-    #[error("the worker process died during the invocation")]
-    WorkerDied,
-}
-
-enum Pending {
-    Waiting {
-        tx: oneshot::Sender<Finished>,
-        /// Console lines kept for the caller (hooks record them).
-        logs: Option<Vec<LogEntry>>,
-    },
-    /// Timed out; the worker owes us an acknowledgement.
-    Cancelled,
-}
-
-/// Console output a worker captured during one invocation. Bounded, so a
-/// chatty function cannot grow the supervisor's memory.
-pub const MAX_CAPTURED_LOG_BYTES: usize = 64 * 1024;
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct LogEntry {
-    pub level: String,
-    pub text: String,
+    /// The worker never received it (or refused it before starting): it can
+    /// be sent to a replacement.
+    NotDelivered,
+    /// The worker ended while the invocation may have been running.
+    Died(ExitInfo),
 }
 
 /// What a finished invocation produced.
@@ -82,198 +117,221 @@ pub struct Finished {
     pub logs: Vec<LogEntry>,
 }
 
-/// Strings the supervisor must never write out (passwords a hook context
-/// handed to this worker). Every log line of the worker is scrubbed, also
-/// lines printed after the invocation ended.
+enum Reply {
+    Finished(Finished),
+    NotDelivered,
+    Died(ExitInfo),
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Delivery {
+    Queued,
+    Delivered,
+    /// The caller gave up; the worker owes an acknowledgement.
+    Cancelled,
+}
+
+struct Pending {
+    tx: Option<oneshot::Sender<Reply>>,
+    delivery: Delivery,
+    deadline: Instant,
+    logs: Option<Captured>,
+}
+
 #[derive(Default)]
-pub struct Secrets(Mutex<VecDeque<String>>);
-
-const MAX_SECRETS: usize = 256;
-
-impl Secrets {
-    pub fn add(&self, secrets: &[String]) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for s in secrets {
-            if !s.is_empty() && !all.contains(s) {
-                if all.len() == MAX_SECRETS {
-                    all.pop_front();
-                }
-                all.push_back(s.clone());
-            }
-        }
-    }
-
-    pub fn redact(&self, text: &str) -> String {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        redact_with(text, all.iter())
-    }
+struct Captured {
+    entries: Vec<LogEntry>,
+    bytes: usize,
+    cut: bool,
 }
 
-pub const REDACTED: &str = "[REDACTED]";
-
-pub fn redact_with<'a>(text: &str, secrets: impl Iterator<Item = &'a String>) -> String {
-    let mut out = text.to_owned();
-    for s in secrets {
-        if !s.is_empty() && out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), REDACTED);
-        }
-    }
-    out
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    Running,
+    /// The worker announced it will exit; nothing new is sent to it.
+    Retiring(RetireReason),
+    Exited(ExitInfo),
 }
 
-/// A running, ready worker. Shared by invocations; the child handle itself
-/// belongs to the function's monitor task.
+/// A running, ready worker, shared by invocations.
 pub struct WorkerProcess {
     pub pid: u32,
+    pidfd: OwnedFd,
     function_id: String,
-    tx: mpsc::UnboundedSender<SupervisorMsg>,
+    tx: mpsc::Sender<SupervisorMsg>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
-    /// Set once the monitor reaped the child: its pid may be reused.
-    reaped: AtomicBool,
-    closed: watch::Receiver<bool>,
+    state: watch::Sender<ProcState>,
     kill_grace: Duration,
-    pub secrets: Secrets,
+    pub redactor: Arc<Redactor>,
+    logs: Arc<FunctionLogs>,
 }
 
 pub struct Started {
     pub process: Arc<WorkerProcess>,
-    pub child: Child,
     pub boot_us: u64,
     pub init_us: u64,
     pub ready: Duration,
+    pub sandbox: SandboxReport,
 }
 
 /// Spawns a worker and waits until it has loaded the function.
-pub async fn start(spec: &SpawnSpec, kill_grace: Duration) -> Result<Started, StartError> {
+pub async fn start(
+    spec: &SpawnSpec,
+    kill_grace: Duration,
+    redactor: Arc<Redactor>,
+    logs: Arc<FunctionLogs>,
+) -> Result<Started, StartError> {
     let started = Instant::now();
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn)?;
-    let mut child = spawn_child(&spec.worker_bin, &theirs).map_err(StartError::Spawn)?;
+    let Spawned {
+        mut child,
+        pid,
+        pidfd,
+    } = spawn::spawn_worker(&spec.worker_bin, &theirs, &spec.args, spec.cgroup.clone())
+        .map_err(StartError::Spawn)?;
     drop(theirs);
-    let pid = child.id().unwrap_or_default();
-    let span = tracing::info_span!("worker", function = %spec.function_id, pid);
-    forward_stdio(&mut child, span.clone());
+    let span = tracing::info_span!(
+        parent: None,
+        "worker",
+        function = %spec.init.function_id,
+        version = spec.init.version,
+        pid
+    );
+    spawn::forward_stdio(&mut child, span.clone());
 
-    ours.set_nonblocking(true).map_err(StartError::Spawn)?;
-    let stream = tokio::net::UnixStream::from_std(ours).map_err(StartError::Spawn)?;
-    let mut framed = Framed::new(stream, FrameCodec::<WorkerMsg, SupervisorMsg>::default());
-
-    let handshake = handshake(&mut framed, spec);
+    let framed = async {
+        ours.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(ours)?;
+        Ok::<_, std::io::Error>(Framed::new(
+            stream,
+            FrameCodec::<WorkerMsg, SupervisorMsg>::default(),
+        ))
+    };
+    let mut framed = match framed.await {
+        Ok(f) => f,
+        Err(e) => {
+            spawn::kill(&pidfd);
+            let _ = child.wait().await;
+            return Err(StartError::Spawn(e));
+        }
+    };
+    let handshake = handshake(&mut framed, &spec.init, &logs);
     let outcome =
         tokio::time::timeout(spec.ready_timeout, handshake.instrument(span.clone())).await;
-    let (boot_us, init_us) = match outcome {
-        Ok(Ok(times)) => times,
+    let ready = match outcome {
+        Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            kill_and_reap(&mut child).await;
-            return Err(e);
+            spawn::kill(&pidfd);
+            let status = child.wait().await;
+            return Err(match e {
+                StartError::Exited(_) => {
+                    StartError::Exited(exit_info(status.ok(), spec.cgroup.as_deref()))
+                }
+                other => other,
+            });
         }
         Err(_) => {
-            kill_and_reap(&mut child).await;
+            spawn::kill(&pidfd);
+            let _ = child.wait().await;
             return Err(StartError::Timeout(spec.ready_timeout));
         }
     };
+    let (boot_us, init_us, mut sandbox) = match ready {
+        Handshake::Ready {
+            boot_us,
+            init_us,
+            sandbox,
+        } => (boot_us, init_us, sandbox),
+        Handshake::SelfTest(_) => {
+            spawn::kill(&pidfd);
+            let _ = child.wait().await;
+            return Err(StartError::Sandbox("unexpected self-test report".into()));
+        }
+    };
+    if let Some(cg) = &spec.cgroup {
+        sandbox.set(
+            fn_protocol::Layer::Cgroup,
+            fn_protocol::LayerState::Active(format!("{}", cg.paths().count())),
+        );
+    }
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (closed_tx, closed) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(OUTGOING);
+    let (state, _) = watch::channel(ProcState::Running);
     let process = Arc::new(WorkerProcess {
         pid,
-        function_id: spec.function_id.clone(),
+        pidfd,
+        function_id: spec.init.function_id.clone(),
         tx,
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
-        reaped: AtomicBool::new(false),
-        closed,
+        state,
         kill_grace,
-        secrets: Secrets::default(),
+        redactor,
+        logs,
     });
-    tokio::spawn(pump(framed, rx, process.clone(), closed_tx).instrument(span));
+    tokio::spawn(pump(framed, rx, process.clone(), child, spec.cgroup.clone()).instrument(span));
     Ok(Started {
         process,
-        child,
         boot_us,
         init_us,
         ready: started.elapsed(),
+        sandbox,
     })
 }
 
-fn spawn_child(bin: &PathBuf, channel: &std::os::unix::net::UnixStream) -> std::io::Result<Child> {
-    let fd = channel.as_raw_fd();
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
-    // SAFETY: only async-signal-safe libc calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The channel becomes fd 3, the only descriptor besides stdio.
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
-            // Die with the supervisor; never dump core (it would hold secrets).
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            let no_core = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-            Ok(())
-        });
+/// Spawns a worker in self-test mode and returns what it reported.
+pub async fn self_test(spec: &SpawnSpec) -> Result<SelfTestReport, StartError> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn)?;
+    let Spawned {
+        mut child, pidfd, ..
+    } = spawn::spawn_worker(&spec.worker_bin, &theirs, &spec.args, spec.cgroup.clone())
+        .map_err(StartError::Spawn)?;
+    drop(theirs);
+    spawn::forward_stdio(&mut child, tracing::info_span!("sandbox-self-test"));
+    ours.set_nonblocking(true).map_err(StartError::Spawn)?;
+    let stream = tokio::net::UnixStream::from_std(ours).map_err(StartError::Spawn)?;
+    let mut framed = Framed::new(stream, FrameCodec::<WorkerMsg, SupervisorMsg>::default());
+    let logs = Arc::new(FunctionLogs::new(16, 4096));
+    let result = tokio::time::timeout(
+        spec.ready_timeout,
+        handshake(&mut framed, &spec.init, &logs),
+    )
+    .await;
+    drop(framed);
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    if status.is_err() {
+        spawn::kill(&pidfd);
+        let _ = child.wait().await;
     }
-    cmd.spawn()
-}
-
-/// The worker's own stdout/stderr (never user console output) go to our log.
-fn forward_stdio(child: &mut Child, span: tracing::Span) {
-    fn forward(
-        pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-        stderr: bool,
-        span: tracing::Span,
-    ) {
-        tokio::spawn(
-            async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if stderr {
-                        warn!(stream = "stderr", "{line}");
-                    } else {
-                        info!(stream = "stdout", "{line}");
-                    }
-                }
-            }
-            .instrument(span),
-        );
-    }
-    if let Some(out) = child.stdout.take() {
-        forward(out, false, span.clone());
-    }
-    if let Some(err) = child.stderr.take() {
-        forward(err, true, span);
+    match result {
+        Ok(Ok(Handshake::SelfTest(report))) => Ok(report),
+        Ok(Ok(Handshake::Ready { .. })) => Err(StartError::Sandbox("no self-test report".into())),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StartError::Timeout(spec.ready_timeout)),
     }
 }
 
-async fn handshake(framed: &mut WorkerFramed, spec: &SpawnSpec) -> Result<(u64, u64), StartError> {
+enum Handshake {
+    Ready {
+        boot_us: u64,
+        init_us: u64,
+        sandbox: SandboxReport,
+    },
+    SelfTest(SelfTestReport),
+}
+
+async fn handshake(
+    framed: &mut WorkerFramed,
+    init: &InitRequest,
+    logs: &FunctionLogs,
+) -> Result<Handshake, StartError> {
     framed
         .send(SupervisorMsg::Hello {
             version: PROTOCOL_VERSION,
         })
         .await?;
-    framed
-        .send(SupervisorMsg::Init(InitRequest {
-            function_id: spec.function_id.clone(),
-            code: spec.code.to_string(),
-            heap_limit_mb: spec.heap_limit_mb,
-        }))
-        .await?;
+    framed.send(SupervisorMsg::Init(init.clone())).await?;
     match framed.next().await.transpose()? {
         Some(WorkerMsg::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
         Some(WorkerMsg::Hello { version, .. }) => {
@@ -286,85 +344,192 @@ async fn handshake(framed: &mut WorkerFramed, spec: &SpawnSpec) -> Result<(u64, 
         Some(other) => {
             return Err(ProtocolError::Unexpected {
                 expected: "Hello",
-                received: format!("{other:?}"),
+                received: variant(&other).into(),
             }
             .into())
         }
-        None => return Err(StartError::Exited),
+        None => return Err(StartError::Exited(ExitInfo::Unknown)),
     }
     loop {
         match framed.next().await.transpose()? {
-            Some(WorkerMsg::Ready { boot_us, init_us }) => return Ok((boot_us, init_us)),
-            Some(WorkerMsg::InitFailed(e)) => return Err(StartError::Init(e)),
-            Some(WorkerMsg::Log { level, text, .. }) => {
-                log_line(&spec.function_id, None, level, &text)
+            Some(WorkerMsg::Ready {
+                boot_us,
+                init_us,
+                sandbox,
+            }) => {
+                return Ok(Handshake::Ready {
+                    boot_us,
+                    init_us,
+                    sandbox,
+                })
             }
-            Some(WorkerMsg::Fatal { message }) => warn!(%message, "worker fatal error"),
+            Some(WorkerMsg::SelfTest(report)) => return Ok(Handshake::SelfTest(report)),
+            Some(WorkerMsg::InitFailed(e)) => return Err(StartError::Init(e)),
+            Some(WorkerMsg::Log { level, text, .. }) => logs.console(None, level, &text),
+            Some(WorkerMsg::Fatal { message }) => {
+                warn!(%message, "worker fatal error during start-up");
+                if message.starts_with("sandbox:") {
+                    return Err(StartError::Sandbox(message));
+                }
+            }
             Some(other) => {
                 return Err(ProtocolError::Unexpected {
                     expected: "Ready",
-                    received: format!("{other:?}"),
+                    received: variant(&other).into(),
                 }
                 .into())
             }
-            None => return Err(StartError::Exited),
+            None => return Err(StartError::Exited(ExitInfo::Unknown)),
         }
     }
 }
 
-pub fn log_line(function: &str, request_id: Option<u64>, level: LogLevel, text: &str) {
-    info!(
-        target: "function_console",
-        function = %function,
-        request_id,
-        level = level.as_str(),
-        "{text}"
-    );
+fn variant(msg: &WorkerMsg) -> &'static str {
+    match msg {
+        WorkerMsg::Hello { .. } => "Hello",
+        WorkerMsg::Ready { .. } => "Ready",
+        WorkerMsg::InitFailed(_) => "InitFailed",
+        WorkerMsg::Result { .. } => "Result",
+        WorkerMsg::Log { .. } => "Log",
+        WorkerMsg::Fatal { .. } => "Fatal",
+        WorkerMsg::SelfTest(_) => "SelfTest",
+        WorkerMsg::Retiring { .. } => "Retiring",
+    }
+}
+
+fn exit_info(status: Option<std::process::ExitStatus>, cgroup: Option<&WorkerCgroup>) -> ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    if cgroup.is_some_and(|c| c.oom_kills() > 0) {
+        return ExitInfo::OomKilled;
+    }
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => ExitInfo::Exited(code),
+            (None, Some(sig)) => ExitInfo::Signaled(sig),
+            _ => ExitInfo::Unknown,
+        },
+        None => ExitInfo::Unknown,
+    }
 }
 
 /// Moves frames between the channel and the pending map until either side
-/// closes; then every waiting invocation learns the worker is gone.
+/// closes; then reaps the child and settles every invocation it held.
 async fn pump(
     framed: WorkerFramed,
-    mut rx: mpsc::UnboundedReceiver<SupervisorMsg>,
+    mut rx: mpsc::Receiver<SupervisorMsg>,
     process: Arc<WorkerProcess>,
-    closed: watch::Sender<bool>,
+    mut child: Child,
+    cgroup: Option<Arc<WorkerCgroup>>,
 ) {
     let (mut sink, mut frames) = framed.split();
-    let writer = async {
-        while let Some(msg) = rx.recv().await {
-            if let Err(e) = sink.send(msg).await {
-                debug!(error = %e, "write to worker failed");
-                break;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                let invoked = match &msg {
+                    SupervisorMsg::Invoke { request_id, .. } => Some(*request_id),
+                    _ => None,
+                };
+                if let Err(e) = sink.send(msg).await {
+                    debug!(error = %e, "write to worker failed");
+                    if let Some(id) = invoked {
+                        process.settle(id, Reply::NotDelivered);
+                    }
+                    break;
+                }
+                if let Some(id) = invoked {
+                    process.delivered(id);
+                }
             }
-        }
-    };
-    let reader = async {
-        loop {
-            match frames.next().await {
+            frame = frames.next() => match frame {
                 Some(Ok(msg)) => process.on_message(msg),
                 Some(Err(e)) => {
                     warn!(error = %e, "worker channel error");
                     break;
                 }
                 None => break,
-            }
+            },
+        }
+    }
+    // Nothing queued will ever be written now.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        if let SupervisorMsg::Invoke { request_id, .. } = msg {
+            process.settle(request_id, Reply::NotDelivered);
+        }
+    }
+    drop((sink, frames));
+    let status = match tokio::time::timeout(process.kill_grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            spawn::kill(&process.pidfd);
+            child.wait().await.ok()
         }
     };
-    tokio::select! {
-        _ = writer => {}
-        _ = reader => {}
+    let info = exit_info(status, cgroup.as_deref());
+    let lost: Vec<u64> = process.pending_map().keys().copied().collect();
+    for id in lost {
+        let queued = process
+            .pending_map()
+            .get(&id)
+            .is_some_and(|p| p.delivery == Delivery::Queued);
+        process.settle(
+            id,
+            if queued {
+                Reply::NotDelivered
+            } else {
+                Reply::Died(info)
+            },
+        );
     }
-    let _ = closed.send(true);
-    process
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
+    process.state.send_replace(ProcState::Exited(info));
+    if let Some(cg) = cgroup {
+        // The monitor may still hold a clone for a moment; removal is
+        // retried by whoever drops the last reference.
+        if let Ok(cg) = Arc::try_unwrap(cg) {
+            tokio::task::spawn_blocking(move || cg.remove());
+        }
+    }
+}
+
+/// Cancels its invocation when dropped before being disarmed: a caller that
+/// goes away (client disconnect, timeout) stops the work at once.
+struct CancelGuard<'a> {
+    process: &'a Arc<WorkerProcess>,
+    request_id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.process.cancel(self.request_id);
+        }
+    }
 }
 
 impl WorkerProcess {
-    fn on_message(&self, msg: WorkerMsg) {
+    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn settle(&self, request_id: u64, reply: Reply) {
+        if let Some(mut p) = self.pending_map().remove(&request_id) {
+            if let Some(tx) = p.tx.take() {
+                let _ = tx.send(reply);
+            }
+        }
+    }
+
+    fn delivered(&self, request_id: u64) {
+        if let Some(p) = self.pending_map().get_mut(&request_id) {
+            if p.delivery == Delivery::Queued {
+                p.delivery = Delivery::Delivered;
+            }
+        }
+    }
+
+    fn on_message(self: &Arc<Self>, msg: WorkerMsg) {
         match msg {
             WorkerMsg::Result {
                 request_id,
@@ -372,13 +537,22 @@ impl WorkerProcess {
             } => {
                 let entry = self.pending_map().remove(&request_id);
                 match entry {
-                    Some(Pending::Waiting { tx, logs }) => {
-                        let _ = tx.send(Finished {
-                            outcome,
-                            logs: logs.unwrap_or_default(),
-                        });
+                    Some(Pending {
+                        tx: Some(tx),
+                        delivery,
+                        logs,
+                        ..
+                    }) if delivery != Delivery::Cancelled => {
+                        let reply = match outcome {
+                            Outcome::NotStarted => Reply::NotDelivered,
+                            outcome => Reply::Finished(Finished {
+                                outcome,
+                                logs: logs.map(|l| l.entries).unwrap_or_default(),
+                            }),
+                        };
+                        let _ = tx.send(reply);
                     }
-                    Some(Pending::Cancelled) => debug!(request_id, "late result discarded"),
+                    Some(_) => debug!(request_id, "late result discarded"),
                     None => warn!(request_id, "result for an unknown request"),
                 }
             }
@@ -387,122 +561,173 @@ impl WorkerProcess {
                 level,
                 text,
             } => {
-                let text = self.secrets.redact(&text);
-                log_line(&self.function_id, request_id, level, &text);
+                let text = self.redactor.redact(&text);
+                self.logs.console(request_id, level, &text);
                 if let Some(id) = request_id {
                     self.capture(id, level, text);
                 }
             }
+            WorkerMsg::Retiring { reason } => {
+                warn!(?reason, "worker is retiring");
+                self.state.send_replace(ProcState::Retiring(reason));
+                // Ordered after any invoke already queued: the worker refuses
+                // those with NotStarted, then exits.
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(SupervisorMsg::Shutdown).await;
+                });
+            }
             WorkerMsg::Fatal { message } => warn!(%message, "worker reported a fatal error"),
-            other => warn!(message = ?other, "unexpected message from a ready worker"),
+            other => warn!(
+                message = variant(&other),
+                "unexpected message from a ready worker"
+            ),
         }
     }
 
     fn capture(&self, request_id: u64, level: LogLevel, text: String) {
         let mut pending = self.pending_map();
-        if let Some(Pending::Waiting {
+        let Some(Pending {
             logs: Some(logs), ..
         }) = pending.get_mut(&request_id)
-        {
-            let used: usize = logs.iter().map(|l| l.text.len()).sum();
-            if used >= MAX_CAPTURED_LOG_BYTES {
-                return;
-            }
-            let mut text = text;
-            if used + text.len() > MAX_CAPTURED_LOG_BYTES {
-                let mut cut = MAX_CAPTURED_LOG_BYTES - used;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-                text.push_str(" [truncated]");
-            }
-            logs.push(LogEntry {
-                level: level.as_str().to_owned(),
-                text,
-            });
+        else {
+            return;
+        };
+        if logs.cut {
+            return;
         }
+        let mut text = text;
+        if logs.bytes + text.len() > MAX_CAPTURED_LOG_BYTES {
+            fn_protocol::truncate_text(&mut text, MAX_CAPTURED_LOG_BYTES - logs.bytes);
+            logs.cut = true;
+        }
+        logs.bytes += text.len();
+        logs.entries.push(LogEntry::console(level, text));
     }
 
-    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+    /// Invocations the worker holds (sent, not answered, not cancelled).
     pub fn in_flight(&self) -> usize {
         self.pending_map()
             .values()
-            .filter(|p| matches!(p, Pending::Waiting { .. }))
+            .filter(|p| p.delivery != Delivery::Cancelled)
             .count()
     }
 
-    pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
+    /// The latest deadline among invocations in flight.
+    pub fn last_deadline(&self) -> Option<Instant> {
+        self.pending_map().values().map(|p| p.deadline).max()
     }
 
-    /// Runs one invocation with a deadline. On timeout the worker is told to
-    /// cancel; if it does not acknowledge within the grace period it is
-    /// killed (its monitor then starts a fresh one).
+    pub fn state(&self) -> ProcState {
+        *self.state.borrow()
+    }
+
+    pub fn accepts(&self) -> bool {
+        self.state() == ProcState::Running
+    }
+
+    /// Resolves once the process has exited and been reaped.
+    pub async fn exited(&self) -> ExitInfo {
+        let mut rx = self.state.subscribe();
+        loop {
+            if let ProcState::Exited(info) = *rx.borrow_and_update() {
+                return info;
+            }
+            if rx.changed().await.is_err() {
+                return ExitInfo::Unknown;
+            }
+        }
+    }
+
+    /// Runs one invocation until `deadline`. On timeout, or if the returned
+    /// future is dropped, the worker is told to cancel; if it does not
+    /// acknowledge within the grace period it is killed.
     pub async fn invoke(
         self: &Arc<Self>,
         payload: Vec<u8>,
-        timeout: Duration,
+        deadline: Instant,
+        context: InvokeContext,
         capture_logs: bool,
     ) -> Result<Finished, InvokeError> {
+        if !self.accepts() {
+            return Err(InvokeError::NotDelivered);
+        }
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let logs = capture_logs.then(Vec::new);
-        self.pending_map()
-            .insert(request_id, Pending::Waiting { tx, logs });
-        if self.is_closed()
-            || self
-                .tx
-                .send(SupervisorMsg::Invoke {
-                    request_id,
-                    payload,
-                })
-                .is_err()
-        {
-            self.pending_map().remove(&request_id);
-            return Err(InvokeError::WorkerDied);
+        self.pending_map().insert(
+            request_id,
+            Pending {
+                tx: Some(tx),
+                delivery: Delivery::Queued,
+                deadline,
+                logs: capture_logs.then(Captured::default),
+            },
+        );
+        let mut guard = CancelGuard {
+            process: self,
+            request_id,
+            armed: true,
+        };
+        let msg = SupervisorMsg::Invoke {
+            request_id,
+            payload,
+            context,
+        };
+        match tokio::time::timeout_at(deadline.into(), self.tx.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                guard.armed = false;
+                self.pending_map().remove(&request_id);
+                return Err(InvokeError::NotDelivered);
+            }
+            Err(_) => {
+                guard.armed = false;
+                self.pending_map().remove(&request_id);
+                return Err(InvokeError::Timeout(Vec::new()));
+            }
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Finished {
+        let reply = tokio::time::timeout_at(deadline.into(), rx).await;
+        guard.armed = false;
+        match reply {
+            Ok(Ok(Reply::Finished(Finished {
                 outcome: Outcome::Cancelled,
                 logs,
-            })) => Err(InvokeError::Timeout(logs)),
-            Ok(Ok(finished)) => Ok(finished),
-            Ok(Err(_)) => Err(InvokeError::WorkerDied),
+            }))) => Err(InvokeError::Timeout(logs)),
+            Ok(Ok(Reply::Finished(finished))) => Ok(finished),
+            Ok(Ok(Reply::NotDelivered)) => Err(InvokeError::NotDelivered),
+            Ok(Ok(Reply::Died(info))) => Err(InvokeError::Died(info)),
+            Ok(Err(_)) => Err(InvokeError::Died(ExitInfo::Unknown)),
             Err(_) => Err(InvokeError::Timeout(self.cancel(request_id))),
         }
     }
 
-    /// Returns the console output captured so far.
+    /// Stops an invocation; returns the console output captured so far.
     fn cancel(self: &Arc<Self>, request_id: u64) -> Vec<LogEntry> {
         let logs = {
             let mut pending = self.pending_map();
-            match pending.remove(&request_id) {
-                Some(Pending::Waiting { logs, .. }) => {
-                    pending.insert(request_id, Pending::Cancelled);
-                    logs.unwrap_or_default()
-                }
-                // Answered in the meantime: nothing to cancel.
-                Some(other) => {
-                    pending.insert(request_id, other);
-                    return Vec::new();
-                }
-                None => return Vec::new(),
+            let Some(p) = pending.get_mut(&request_id) else {
+                return Vec::new();
+            };
+            if p.delivery == Delivery::Cancelled {
+                return Vec::new();
             }
+            p.delivery = Delivery::Cancelled;
+            p.tx = None;
+            p.logs.take().map(|l| l.entries).unwrap_or_default()
         };
-        let _ = self.tx.send(SupervisorMsg::Cancel { request_id });
+        let msg = SupervisorMsg::Cancel { request_id };
+        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
         let this = self.clone();
         tokio::spawn(
             async move {
                 tokio::time::sleep(this.kill_grace).await;
-                let unanswered = matches!(
-                    this.pending_map().get(&request_id),
-                    Some(Pending::Cancelled)
-                );
-                if unanswered && !this.is_closed() {
+                let unanswered = this.pending_map().contains_key(&request_id);
+                if unanswered && !matches!(this.state(), ProcState::Exited(_)) {
                     warn!(
                         request_id,
                         "worker did not acknowledge a cancel; killing it"
@@ -515,27 +740,24 @@ impl WorkerProcess {
         logs
     }
 
-    /// SIGKILL, unless the child was already reaped (its pid may be reused).
     pub fn kill(&self) {
-        if !self.reaped.load(Ordering::SeqCst) {
-            // SAFETY: plain syscall on a pid we spawned and have not reaped.
-            unsafe {
-                libc::kill(self.pid as i32, libc::SIGKILL);
-            }
-        }
+        spawn::kill(&self.pidfd);
     }
 
     /// Asks the worker to exit on its own.
     pub fn shutdown(&self) {
-        let _ = self.tx.send(SupervisorMsg::Shutdown);
+        let _ = self.tx.try_send(SupervisorMsg::Shutdown);
     }
 
-    pub fn mark_reaped(&self) {
-        self.reaped.store(true, Ordering::SeqCst);
+    pub fn set_secrets(&self, secrets: Vec<(String, String)>) {
+        self.redactor.add(secrets.iter().map(|(_, v)| v.as_str()));
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(SupervisorMsg::SetSecrets { secrets }).await;
+        });
     }
-}
 
-async fn kill_and_reap(child: &mut Child) {
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    pub fn function_id(&self) -> &str {
+        &self.function_id
+    }
 }

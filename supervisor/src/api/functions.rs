@@ -1,77 +1,33 @@
-//! The REST API. Paths and response shapes are an interface: a provisioning
-//! service calls them.
+//! Deploying, replacing, rolling back and deleting functions; listing them.
+//! Every change is durable in the store before the API answers.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use fn_protocol::{InitErrorKind, Outcome};
-use serde::Deserialize;
-use serde_json::json;
+use axum::Json;
+use fn_protocol::egress::{self, EgressRule, FunctionRules};
+use fn_protocol::InitErrorKind;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use super::{body_json_error, check_content_length, query, read_body, AppState};
+use crate::admission::Admission;
 use crate::error::{format_seconds, ApiError};
-use crate::function::{CallError, CallOptions, Function, RestartPolicy, StopMode};
-use crate::hooks::{ActivationStore, Hook};
-use crate::process::{self, SpawnSpec, StartError};
-use crate::registry::Registry;
-use crate::{hooks_api as hooks, Config};
+use crate::function::{Definition, Function, FunctionConfig, NetRules, Shared, Slot, StopMode};
+use crate::hooks::Hook;
+use crate::logs::FunctionLogs;
+use crate::process::{self, StartError};
+use crate::redact::Redactor;
+use crate::registry::Entry;
+use crate::store::{FunctionDef, StoreError, StoredFunction};
 
-pub struct AppState {
-    pub config: Config,
-    pub worker_bin: std::path::PathBuf,
-    pub registry: Registry,
-    pub activations: ActivationStore,
-}
-
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/deploy", post(deploy))
-        .route("/invoke/{id}", post(invoke))
-        .route("/delete/{id}", delete(remove))
-        .route("/functions", get(list))
-        .route("/functions/{id}", get(describe))
-        .route("/functions/{id}/activations", get(function_activations))
-        .route("/hooks", get(hooks::list))
-        .route("/hooks/{hook}", post(hooks::fire))
-        .route("/activations/{id}", get(hooks::activation))
-        .route("/healthz", get(healthz))
-        .fallback(|req: Request| async move {
-            ApiError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
-        })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        // Bodies are read with our own limit so oversize gets our 413 body.
-        .layer(DefaultBodyLimit::disable())
-        .with_state(state)
-}
-
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let cause = e.into_inner();
-        if cause.is::<http_body_util::LengthLimitError>() {
-            ApiError::PayloadTooLarge { limit }
-        } else {
-            ApiError::BadRequest(format!("cannot read request body: {cause}"))
-        }
-    })
-}
-
-fn check_content_length(req: &Request, limit: usize) -> Result<(), ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(len) if len > limit as u64 => Err(ApiError::PayloadTooLarge { limit }),
-        _ => Ok(()),
-    }
-}
+/// Lines and bytes of each function's log ring.
+const LOG_LINES: usize = 2000;
+const LOG_BYTES: usize = 1 << 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,8 +35,13 @@ struct DeployRequest {
     id: Option<String>,
     code: Option<String>,
     timeout_ms: Option<u64>,
+    memory_mb: Option<u32>,
+    max_concurrency: Option<u32>,
     #[serde(default)]
     hooks: Vec<String>,
+    #[serde(default)]
+    net: Option<NetRules>,
+    secrets: Option<BTreeMap<String, String>>,
 }
 
 pub fn validate_id(id: &str) -> Result<(), ApiError> {
@@ -99,203 +60,30 @@ pub fn validate_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn deploy(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    let limit = state.config.max_body_bytes;
-    check_content_length(&req, limit)?;
-    let body = read_body(req.into_body(), limit).await?;
-    let request: DeployRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid deploy request: {e}")))?;
-    let id = request
-        .id
-        .ok_or_else(|| ApiError::BadRequest("missing field `id`".into()))?;
-    validate_id(&id)?;
-    let code = request
-        .code
-        .filter(|c| !c.trim().is_empty())
-        .ok_or_else(|| ApiError::BadRequest("missing or empty field `code`".into()))?;
-    let timeout_ms = request
-        .timeout_ms
-        .unwrap_or(state.config.default_timeout_ms);
-    let timeout = checked_timeout(timeout_ms, &state.config)?;
-    let mut hooks = Vec::new();
-    for name in &request.hooks {
-        let hook = Hook::parse(name).ok_or_else(|| unknown_hook(name))?;
-        if !hooks.contains(&hook) {
-            hooks.push(hook);
+fn validate_secret_names(secrets: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if secrets.len() > 100 {
+        return Err(ApiError::BadRequest(
+            "at most 100 secrets per function".into(),
+        ));
+    }
+    for (name, value) in secrets {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        if !ok {
+            return Err(ApiError::BadRequest(format!(
+                "invalid secret name {name:?}: use 1-128 characters [A-Za-z0-9_.-]"
+            )));
+        }
+        if value.len() > 64 * 1024 {
+            return Err(ApiError::BadRequest(format!(
+                "secret {name:?} is over 64 KiB"
+            )));
         }
     }
-
-    let lock = state.registry.id_lock(&id);
-    let _guard = lock.lock().await;
-    let spec = SpawnSpec {
-        worker_bin: state.worker_bin.clone(),
-        function_id: id.clone(),
-        code: code.into(),
-        heap_limit_mb: state.config.heap_limit_mb,
-        ready_timeout: timeout,
-    };
-    let started = process::start(&spec, state.config.kill_grace())
-        .await
-        .map_err(|e| start_error(e, timeout_ms))?;
-    let (ready, boot_us, init_us, pid) = (
-        started.ready,
-        started.boot_us,
-        started.init_us,
-        started.process.pid,
-    );
-    let version = state.registry.get(&id).map_or(1, |f| f.version + 1);
-    let function = Function::launch(
-        version,
-        hooks,
-        timeout,
-        spec,
-        restart_policy(&state.config),
-        started,
-    );
-    let hook_names: Vec<&str> = function.hooks.iter().map(|h| h.name()).collect();
-    if let Some(old) = state.registry.insert(function) {
-        // The new version already serves; the old one finishes what it has.
-        tokio::spawn(async move { old.stop(StopMode::Drain).await });
-    }
-    info!(function = %id, version, pid, ready_ms = ready.as_secs_f64() * 1e3, "deployed");
-    Ok(Json(json!({
-        "id": id,
-        "version": version,
-        "status": "ready",
-        "pid": pid,
-        "timeout_ms": timeout_ms,
-        "hooks": hook_names,
-        "ready_ms": ready.as_secs_f64() * 1e3,
-        "boot_ms": boot_us as f64 / 1e3,
-        "init_ms": init_us as f64 / 1e3,
-    }))
-    .into_response())
-}
-
-fn checked_timeout(ms: u64, config: &Config) -> Result<Duration, ApiError> {
-    if ms == 0 || ms > config.max_timeout_ms {
-        return Err(ApiError::BadRequest(format!(
-            "timeout_ms must be between 1 and {}",
-            config.max_timeout_ms
-        )));
-    }
-    Ok(Duration::from_millis(ms))
-}
-
-pub fn restart_policy(config: &Config) -> RestartPolicy {
-    RestartPolicy {
-        crash_limit: config.crash_limit,
-        crash_window: Duration::from_secs(config.crash_window_s),
-        max_backoff: Duration::from_secs(config.max_backoff_s),
-        kill_grace: config.kill_grace(),
-    }
-}
-
-fn start_error(e: StartError, timeout_ms: u64) -> ApiError {
-    match e {
-        StartError::Init(init) if init.kind != InitErrorKind::Internal => ApiError::BadCode(init),
-        StartError::Timeout(_) => ApiError::BadRequest(format!(
-            "the function's top-level code did not finish within {}",
-            format_seconds(timeout_ms)
-        )),
-        other => {
-            warn!(error = %other, "worker start failed");
-            ApiError::Internal(other.to_string())
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InvokeQuery {
-    /// Per-request deadline, overriding the function's.
-    timeout_ms: Option<u64>,
-}
-
-async fn invoke(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    query: Result<axum::extract::Query<InvokeQuery>, axum::extract::rejection::QueryRejection>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let axum::extract::Query(query) =
-        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let function = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-    let timeout = match query.timeout_ms {
-        Some(ms) => checked_timeout(ms, &state.config)?,
-        None => function.timeout,
-    };
-    let limit = state.config.max_body_bytes;
-    check_content_length(&req, limit)?;
-    let body = read_body(req.into_body(), limit).await?;
-    let payload = if body.iter().all(u8::is_ascii_whitespace) {
-        b"null".to_vec()
-    } else {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-            .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
-        body.to_vec()
-    };
-    let opts = CallOptions {
-        timeout: Some(timeout),
-        ..CallOptions::default()
-    };
-    match function.call(payload, opts).await.map(|f| f.outcome) {
-        Ok(Outcome::Ok(json)) => Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            json,
-        )
-            .into_response()),
-        Ok(Outcome::Error(e)) => Err(ApiError::FunctionFailed(e)),
-        Ok(Outcome::Cancelled) | Err(CallError::Timeout(_)) => Err(ApiError::Timeout(
-            format_seconds(timeout.as_millis() as u64),
-        )),
-        Err(CallError::WorkerDied) => Err(ApiError::WorkerDied),
-        Err(CallError::Unavailable {
-            retry_after,
-            reason,
-        }) => Err(ApiError::Unavailable {
-            id,
-            reason,
-            retry_after_s: retry_after.as_secs_f64().ceil() as u64,
-        }),
-        Err(CallError::Gone) => Err(ApiError::NotFound(id)),
-    }
-}
-
-async fn remove(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let lock = state.registry.id_lock(&id);
-    let _guard = lock.lock().await;
-    let function = state
-        .registry
-        .remove(&id)
-        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-    let pid = function.info().pid;
-    function.stop(StopMode::Kill).await;
-    info!(function = %id, ?pid, "deleted");
-    Ok(Json(json!({ "id": id, "status": "deleted", "pid": pid })).into_response())
-}
-
-async fn list(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let functions: Vec<_> = state.registry.list().iter().map(|f| f.info()).collect();
-    Json(json!({ "functions": functions }))
-}
-
-async fn describe(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<crate::function::FunctionInfo>, ApiError> {
-    state
-        .registry
-        .get(&id)
-        .map(|f| Json(f.info()))
-        .ok_or(ApiError::NotFound(id))
+    Ok(())
 }
 
 pub fn unknown_hook(name: &str) -> ApiError {
@@ -306,24 +94,744 @@ pub fn unknown_hook(name: &str) -> ApiError {
     ))
 }
 
-#[derive(Deserialize)]
-struct LimitQuery {
-    limit: Option<usize>,
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
-async fn function_activations(
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(what) => ApiError::Missing(what),
+        StoreError::Conflict(what) => ApiError::Conflict(what),
+        other => {
+            warn!(error = %other, "store failure");
+            ApiError::Internal(format!("store: {other}"))
+        }
+    }
+}
+
+/// Checks a deploy's settings and turns them into a definition.
+fn definition(
+    state: &AppState,
+    id: &str,
+    version: u64,
+    code: Arc<str>,
+    config: FunctionConfig,
+) -> Result<Definition, ApiError> {
+    let c = &state.config;
+    if config.timeout_ms == 0 || config.timeout_ms > c.max_timeout_ms {
+        return Err(ApiError::BadRequest(format!(
+            "timeout_ms must be between 1 and {}",
+            c.max_timeout_ms
+        )));
+    }
+    if config.memory_mb < 16 || config.memory_mb > c.max_memory_mb {
+        return Err(ApiError::BadRequest(format!(
+            "memory_mb must be between 16 and {}",
+            c.max_memory_mb
+        )));
+    }
+    if config.max_concurrency == 0 || config.max_concurrency > c.max_inflight {
+        return Err(ApiError::BadRequest(format!(
+            "max_concurrency must be between 1 and {}",
+            c.max_inflight
+        )));
+    }
+    let mut hooks = Vec::new();
+    for name in &config.hooks {
+        let hook = Hook::parse(name).ok_or_else(|| unknown_hook(name))?;
+        if !hooks.contains(&hook) {
+            hooks.push(hook);
+        }
+    }
+    let mut deny = Vec::new();
+    for rule in &config.net.deny {
+        deny.push(
+            rule.parse::<EgressRule>()
+                .map_err(|e| ApiError::BadRequest(format!("net.deny: {e}")))?,
+        );
+    }
+    let rules = FunctionRules {
+        allow: config.net.allow.clone(),
+        deny,
+    };
+    let net = egress::effective(&state.operator_net, &state.supervisor_addrs, &rules)
+        .map_err(|e| ApiError::BadRequest(format!("net: {e}")))?;
+    Ok(Definition {
+        id: id.to_owned(),
+        version,
+        code,
+        config,
+        hooks,
+        net,
+        created_at_ms: now_ms(),
+    })
+}
+
+fn new_shared(id: &str, secrets: Vec<(String, String)>) -> Arc<Shared> {
+    let redactor = Arc::new(Redactor::default());
+    redactor.add(secrets.iter().map(|(_, v)| v.as_str()));
+    Arc::new(Shared {
+        stats: Default::default(),
+        logs: Arc::new(FunctionLogs::named(id, LOG_LINES, LOG_BYTES)),
+        redactor,
+        secrets: std::sync::Mutex::new(secrets),
+    })
+}
+
+fn start_error(e: StartError, timeout_ms: u64) -> ApiError {
+    match e {
+        StartError::Init(init) if init.kind != InitErrorKind::Internal => ApiError::BadCode(init),
+        StartError::Timeout(_) => ApiError::BadRequest(format!(
+            "the function's top-level code did not finish within {}",
+            format_seconds(timeout_ms)
+        )),
+        StartError::Exited(info) if info.memory_exhausted() => ApiError::BadRequest(format!(
+            "the function's top-level code exceeded its memory limit ({info})"
+        )),
+        other => {
+            warn!(error = %other, "worker start failed");
+            ApiError::Internal(other.to_string())
+        }
+    }
+}
+
+pub async fn deploy(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if state.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let limit = state.config.max_body_bytes;
+    check_content_length(&req, limit)?;
+    let within = Duration::from_millis(state.config.body_timeout_ms);
+    let body = read_body(req.into_body(), limit, within).await?;
+    let request: DeployRequest =
+        serde_json::from_slice(&body).map_err(|e| body_json_error("deploy request", e))?;
+    let id = request
+        .id
+        .ok_or_else(|| ApiError::BadRequest("missing field `id`".into()))?;
+    validate_id(&id)?;
+    let code = request
+        .code
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("missing or empty field `code`".into()))?;
+    if code.len() > state.config.max_code_bytes {
+        return Err(ApiError::PayloadTooLarge {
+            limit: state.config.max_code_bytes,
+        });
+    }
+    if let Some(secrets) = &request.secrets {
+        validate_secret_names(secrets)?;
+    }
+    let c = &state.config;
+    let config = FunctionConfig {
+        timeout_ms: request.timeout_ms.unwrap_or(c.default_timeout_ms),
+        memory_mb: request.memory_mb.unwrap_or(c.default_memory_mb),
+        max_concurrency: request.max_concurrency.unwrap_or(c.default_max_concurrency),
+        hooks: request.hooks,
+        net: request.net.unwrap_or_default(),
+    };
+    let _lock = state.registry.lock_id(&id).await;
+    let existing = state.registry.get(&id);
+    if existing.is_none() && state.registry.len() >= c.max_functions as usize {
+        return Err(ApiError::Conflict(format!(
+            "the function limit ({}) is reached: delete a function or raise max_functions",
+            c.max_functions
+        )));
+    }
+    // Checked before the version number is taken, so a bad request
+    // consumes nothing.
+    definition(&state, &id, 0, Arc::from(""), config.clone())?;
+    let version = state.store.next_version(&id).await.map_err(store_error)?;
+    let def = Arc::new(definition(&state, &id, version, Arc::from(code), config)?);
+    let secrets: Vec<(String, String)> = match (&request.secrets, &existing) {
+        (Some(s), _) => s.clone().into_iter().collect(),
+        (None, Some(entry)) => entry.shared.secrets(),
+        (None, None) => Vec::new(),
+    };
+    let shared = match &existing {
+        Some(entry) => entry.shared.clone(),
+        None => new_shared(&id, secrets.clone()),
+    };
+    let started = start_worker(&state, &def, &shared, secrets.clone()).await?;
+    let stored = FunctionDef {
+        id: id.clone(),
+        version,
+        code: def.code.to_string(),
+        config: serde_json::to_value(&def.config).unwrap_or(Value::Null),
+        created_at_ms: def.created_at_ms,
+    };
+    let keep = state.config.keep_versions as usize;
+    let new_secrets = request.secrets.clone();
+    let store_id = id.clone();
+    let saved = state
+        .store
+        .call(move |s| {
+            s.deploy(&stored, keep)?;
+            if let Some(secrets) = &new_secrets {
+                s.set_secrets(&store_id, secrets)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = saved {
+        started.process.kill();
+        return Err(store_error(e));
+    }
+    if request.secrets.is_some() {
+        shared.redactor.add(secrets.iter().map(|(_, v)| v.as_str()));
+        *shared.secrets.lock().unwrap_or_else(|p| p.into_inner()) = secrets;
+    }
+    let response = deploy_response(&def, &started);
+    install(&state, existing, def, shared, started);
+    Ok(Json(response).into_response())
+}
+
+async fn start_worker(
+    state: &AppState,
+    def: &Arc<Definition>,
+    shared: &Arc<Shared>,
+    secrets: Vec<(String, String)>,
+) -> Result<process::Started, ApiError> {
+    let spec = state
+        .spawner
+        .spec(def, secrets)
+        .map_err(|e| start_error(e, def.config.timeout_ms))?;
+    process::start(
+        &spec,
+        state.policy.kill_grace,
+        shared.redactor.clone(),
+        shared.logs.clone(),
+    )
+    .await
+    .map_err(|e| start_error(e, def.config.timeout_ms))
+}
+
+fn deploy_response(def: &Definition, started: &process::Started) -> Value {
+    let hooks: Vec<&str> = def.hooks.iter().map(|h| h.name()).collect();
+    json!({
+        "id": def.id,
+        "version": def.version,
+        "status": "ready",
+        "pid": started.process.pid,
+        "timeout_ms": def.config.timeout_ms,
+        "memory_mb": def.config.memory_mb,
+        "max_concurrency": def.config.max_concurrency,
+        "hooks": hooks,
+        "ready_ms": started.ready.as_secs_f64() * 1e3,
+        "boot_ms": started.boot_us as f64 / 1e3,
+        "init_ms": started.init_us as f64 / 1e3,
+    })
+}
+
+/// Makes `def` the current version: the new worker already serves, the old
+/// one finishes what it has.
+fn install(
+    state: &Arc<AppState>,
+    existing: Option<Arc<Entry>>,
+    def: Arc<Definition>,
+    shared: Arc<Shared>,
+    started: process::Started,
+) {
+    let (id, version, pid) = (def.id.clone(), def.version, started.process.pid);
+    let concurrency = def.config.max_concurrency;
+    let function = Function::launch(
+        def,
+        shared.clone(),
+        state.spawner.clone(),
+        state.policy,
+        Some(started),
+    );
+    match existing {
+        Some(entry) => {
+            entry.admission.set_limit(concurrency);
+            let old = entry.swap(function);
+            entry.draining(&old);
+            state
+                .tasks
+                .spawn(async move { old.stop(StopMode::Drain).await });
+        }
+        None => {
+            let c = &state.config;
+            let admission = Admission::new(
+                &id,
+                concurrency,
+                c.queue_depth,
+                Duration::from_millis(c.queue_wait_ms),
+            );
+            state
+                .registry
+                .insert(Arc::new(Entry::new(function, admission)));
+        }
+    }
+    shared
+        .logs
+        .lifecycle("info", format!("deployed version {version} (pid {pid})"));
+    info!(function = %id, version, pid, "deployed");
+}
+
+pub async fn remove(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<LimitQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if state.registry.get(&id).is_none() {
-        return Err(ApiError::NotFound(id));
-    }
-    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
-    let runs = state.activations.for_function(&id, limit);
-    Ok(Json(json!({ "function": id, "activations": runs })))
+) -> Result<Response, ApiError> {
+    let _lock = state.registry.lock_id(&id).await;
+    let entry = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    state.store.delete(&id).await.map_err(store_error)?;
+    state.registry.remove(&id);
+    let current = entry.current();
+    let pid = match current.slot() {
+        Slot::Ready(p) => Some(p.pid),
+        _ => None,
+    };
+    let draining = entry.take_draining();
+    futures::future::join_all(
+        std::iter::once(current)
+            .chain(draining)
+            .map(|f| async move { f.delete().await }),
+    )
+    .await;
+    entry.shared.logs.lifecycle("info", "deleted".into());
+    info!(function = %id, ?pid, "deleted");
+    Ok(Json(json!({ "id": id, "status": "deleted", "pid": pid })).into_response())
 }
 
-async fn healthz(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "functions": state.registry.len() }))
+#[derive(Serialize)]
+pub struct FunctionInfo {
+    pub id: String,
+    pub version: u64,
+    pub status: &'static str,
+    pub pid: Option<u32>,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+    pub max_concurrency: u32,
+    pub hooks: Vec<&'static str>,
+    pub invocations: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub restarts: u64,
+    pub in_flight: u32,
+    pub queued: u32,
+    pub deployed_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_reason: Option<String>,
+    pub net: Value,
+    pub secrets: Vec<String>,
+}
+
+pub fn info(entry: &Entry) -> FunctionInfo {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = entry.current();
+    let (status, pid, reason) = match f.slot() {
+        Slot::Starting => ("starting", None, None),
+        Slot::Ready(p) => ("ready", Some(p.pid), None),
+        Slot::Backoff { reason, .. } => ("unhealthy", None, Some(reason)),
+        Slot::Stopped => ("stopped", None, None),
+    };
+    let stats = &entry.shared.stats;
+    let def = &f.def;
+    FunctionInfo {
+        id: def.id.clone(),
+        version: def.version,
+        status,
+        pid,
+        timeout_ms: def.config.timeout_ms,
+        memory_mb: def.config.memory_mb,
+        max_concurrency: def.config.max_concurrency,
+        hooks: def.hooks.iter().map(|h| h.name()).collect(),
+        invocations: stats.invocations.load(Relaxed),
+        errors: stats.errors.load(Relaxed),
+        timeouts: stats.timeouts.load(Relaxed),
+        restarts: stats.restarts.load(Relaxed),
+        in_flight: entry.admission.in_flight(),
+        queued: entry.admission.queued(),
+        deployed_at_ms: def.created_at_ms,
+        unhealthy_reason: reason,
+        net: json!({
+            "allow": def.net.allow_hosts.clone().unwrap_or_else(|| vec!["*".into()]),
+            "deny": def.net.deny_strings(),
+            "requested": def.config.net,
+        }),
+        secrets: entry.shared.secrets().into_iter().map(|(k, _)| k).collect(),
+    }
+}
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let functions: Vec<_> = state.registry.list().iter().map(|e| info(e)).collect();
+    Json(json!({ "functions": functions }))
+}
+
+pub async fn describe(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    state
+        .registry
+        .get(&id)
+        .map(|e| Json(info(&e)))
+        .ok_or(ApiError::NotFound(id))
+}
+
+pub async fn versions(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    let versions = state.store.versions(&id).await.map_err(store_error)?;
+    Ok(Json(json!({
+        "id": id,
+        "current": entry.current().version(),
+        "versions": versions,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    version: Option<u64>,
+}
+
+pub async fn rollback(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if state.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let within = Duration::from_millis(state.config.body_timeout_ms);
+    let body = read_body(req.into_body(), 64 * 1024, within).await?;
+    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| body_json_error("rollback request", e))?
+    };
+    let _lock = state.registry.lock_id(&id).await;
+    let entry = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    let current = entry.current().version();
+    let target = match request.version {
+        Some(v) => v,
+        None => state
+            .store
+            .versions(&id)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|v| v.version)
+            .filter(|v| *v < current)
+            .max()
+            .ok_or_else(|| {
+                ApiError::Conflict(format!("'{id}' has no earlier version to roll back to"))
+            })?,
+    };
+    if target == current {
+        return Err(ApiError::Conflict(format!(
+            "version {target} is already current"
+        )));
+    }
+    let stored = state
+        .store
+        .version(&id, target)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::Missing(format!("version {target} of '{id}' is not kept")))?;
+    let config: FunctionConfig = serde_json::from_value(stored.config.clone())
+        .map_err(|e| ApiError::Internal(format!("stored version {target}: {e}")))?;
+    let mut def = definition(&state, &id, target, Arc::from(stored.code.as_str()), config)?;
+    def.created_at_ms = stored.created_at_ms;
+    let def = Arc::new(def);
+    let shared = entry.shared.clone();
+    let started = start_worker(&state, &def, &shared, shared.secrets()).await?;
+    if let Err(e) = state.store.set_current(&id, target).await {
+        started.process.kill();
+        return Err(store_error(e));
+    }
+    let mut response = deploy_response(&def, &started);
+    response["rolled_back_from"] = json!(current);
+    install(&state, Some(entry), def, shared, started);
+    Ok(Json(response).into_response())
+}
+
+pub async fn secret_names(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    let names: Vec<String> = entry.shared.secrets().into_iter().map(|(k, _)| k).collect();
+    Ok(Json(json!({ "id": id, "secrets": names })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsBody {
+    secrets: BTreeMap<String, Option<String>>,
+}
+
+/// `PUT` replaces the whole set; `PATCH` merges, `null` removing a name.
+async fn change_secrets(
+    state: Arc<AppState>,
+    id: String,
+    req: Request,
+    replace: bool,
+) -> Result<Json<Value>, ApiError> {
+    let within = Duration::from_millis(state.config.body_timeout_ms);
+    let body = read_body(req.into_body(), 1 << 20, within).await?;
+    let request: SecretsBody =
+        serde_json::from_slice(&body).map_err(|e| body_json_error("secrets request", e))?;
+    let _lock = state.registry.lock_id(&id).await;
+    let entry = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    let mut next: BTreeMap<String, String> = if replace {
+        BTreeMap::new()
+    } else {
+        entry.shared.secrets().into_iter().collect()
+    };
+    for (name, value) in request.secrets {
+        match value {
+            Some(v) => {
+                next.insert(name, v);
+            }
+            None => {
+                next.remove(&name);
+            }
+        }
+    }
+    validate_secret_names(&next)?;
+    state
+        .store
+        .set_secrets(&id, next.clone())
+        .await
+        .map_err(store_error)?;
+    let pairs: Vec<(String, String)> = next.into_iter().collect();
+    entry
+        .shared
+        .redactor
+        .add(pairs.iter().map(|(_, v)| v.as_str()));
+    *entry
+        .shared
+        .secrets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = pairs.clone();
+    if let Slot::Ready(p) = entry.current().slot() {
+        p.set_secrets(pairs.clone());
+    }
+    entry
+        .shared
+        .logs
+        .lifecycle("info", format!("secrets changed ({} names)", pairs.len()));
+    let names: Vec<String> = pairs.into_iter().map(|(k, _)| k).collect();
+    Ok(Json(json!({ "id": id, "secrets": names })))
+}
+
+pub async fn put_secrets(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    change_secrets(state, id, req, true).await
+}
+
+pub async fn patch_secrets(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    change_secrets(state, id, req, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    tail: Option<usize>,
+    follow: Option<bool>,
+}
+
+/// NDJSON: the newest lines, then (with `follow=true`) new lines as they
+/// come, until the client leaves.
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let q: LogsQuery = query(&req)?;
+    let entry = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    let logs = entry.shared.logs.clone();
+    let mut text = String::new();
+    let follow = q.follow.unwrap_or(false).then(|| logs.subscribe());
+    for line in logs.tail(q.tail.unwrap_or(100).min(LOG_LINES)) {
+        text.push_str(&serde_json::to_string(&line).unwrap_or_default());
+        text.push('\n');
+    }
+    let headers = [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")];
+    let Some(rx) = follow else {
+        return Ok((headers, text).into_response());
+    };
+    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(text) });
+    let rest = futures::stream::unfold(rx, |mut rx| async move {
+        let line = match rx.recv().await {
+            Ok(line) => serde_json::to_string(&line).unwrap_or_default(),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                format!("{{\"kind\":\"lagged\",\"skipped\":{n}}}")
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(line + "\n"), rx))
+    });
+    use futures::StreamExt;
+    let body = axum::body::Body::from_stream(first.chain(rest));
+    Ok((headers, body).into_response())
+}
+
+/// Every function's current definition and secrets, for `fnctl export`.
+pub async fn export(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let all = state.store.load().await.map_err(store_error)?;
+    let functions: Vec<Value> = all
+        .into_iter()
+        .map(|f| {
+            json!({
+                "id": f.def.id,
+                "version": f.def.version,
+                "code": f.def.code,
+                "config": f.def.config,
+                "secrets": f.secrets,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "format": "fnrt-export-1", "functions": functions }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ImportItem {
+    id: String,
+    code: String,
+    config: FunctionConfig,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+/// Deploys one exported definition (`fnctl import` sends them one by one,
+/// so progress can be shown and a failure names its function).
+pub async fn import(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let within = Duration::from_millis(state.config.body_timeout_ms);
+    let body = read_body(req.into_body(), state.config.max_body_bytes, within).await?;
+    let item: ImportItem =
+        serde_json::from_slice(&body).map_err(|e| body_json_error("import item", e))?;
+    let deploy = json!({
+        "id": item.id,
+        "code": item.code,
+        "timeout_ms": item.config.timeout_ms,
+        "memory_mb": item.config.memory_mb,
+        "max_concurrency": item.config.max_concurrency,
+        "hooks": item.config.hooks,
+        "net": item.config.net,
+        "secrets": item.secrets,
+    });
+    let req = Request::new(axum::body::Body::from(deploy.to_string()));
+    deploy_inner(state, req).await
+}
+
+async fn deploy_inner(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+    deploy(State(state), req).await
+}
+
+/// Brings back every stored function at start-up, a few workers at a time.
+pub async fn restore(state: Arc<AppState>) -> Result<usize, StoreError> {
+    let stored = state.store.load().await?;
+    let count = stored.len();
+    let parallel = state.config.restore_parallelism.max(1) as usize;
+    use futures::StreamExt;
+    futures::stream::iter(stored)
+        .for_each_concurrent(parallel, |f| {
+            let state = state.clone();
+            async move { restore_one(&state, f).await }
+        })
+        .await;
+    Ok(count)
+}
+
+async fn restore_one(state: &Arc<AppState>, stored: StoredFunction) {
+    let StoredFunction { def, secrets, .. } = stored;
+    let id = def.id.clone();
+    let config: FunctionConfig = match serde_json::from_value(def.config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(function = %id, error = %e, "stored configuration unreadable; skipped");
+            return;
+        }
+    };
+    let built = definition(
+        state,
+        &id,
+        def.version,
+        Arc::from(def.code.as_str()),
+        config,
+    );
+    let definition = match built {
+        Ok(mut d) => {
+            d.created_at_ms = def.created_at_ms;
+            Arc::new(d)
+        }
+        Err(e) => {
+            warn!(function = %id, error = %e, "stored definition no longer valid; skipped");
+            return;
+        }
+    };
+    let secrets: Vec<(String, String)> = secrets.into_iter().collect();
+    let shared = new_shared(&id, secrets.clone());
+    // A function that does not start now still comes back: its monitor
+    // keeps trying (with backoff) and reports it unhealthy meanwhile.
+    let started = start_worker(state, &definition, &shared, secrets).await;
+    let started = match started {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(function = %id, error = %e, "restored function did not start");
+            None
+        }
+    };
+    let c = &state.config;
+    let concurrency = definition.config.max_concurrency;
+    let function = Function::launch(
+        definition,
+        shared.clone(),
+        state.spawner.clone(),
+        state.policy,
+        started,
+    );
+    let admission = Admission::new(
+        &id,
+        concurrency,
+        c.queue_depth,
+        Duration::from_millis(c.queue_wait_ms),
+    );
+    state
+        .registry
+        .insert(Arc::new(Entry::new(function, admission)));
+    shared
+        .logs
+        .lifecycle("info", "restored after a supervisor start".into());
 }

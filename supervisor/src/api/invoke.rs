@@ -1,0 +1,180 @@
+//! `POST /invoke/{id}`: admission, the call itself (which follows the
+//! function across redeploys), and the mapping of every outcome to a status.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fn_protocol::{InvokeContext, Outcome};
+use serde::Deserialize;
+
+use super::{check_content_length, query, read_body, AppState, RequestId};
+use crate::admission::Rejected;
+use crate::error::{format_seconds, ApiError};
+use crate::function::{CallError, CallOptions};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvokeQuery {
+    /// Per-request deadline, overriding the function's.
+    timeout_ms: Option<u64>,
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+pub async fn invoke(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if state.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let q: InvokeQuery = query(&req)?;
+    let request_key = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let limit = state.config.max_body_bytes;
+    check_content_length(&req, limit)?;
+    let within = Duration::from_millis(state.config.body_timeout_ms);
+    // The body first, the function after: a slow upload that spans a
+    // redeploy reaches the version current when it is complete.
+    let body = read_body(req.into_body(), limit, within).await?;
+    let payload = if body.iter().all(u8::is_ascii_whitespace) {
+        b"null".to_vec()
+    } else {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+        body.to_vec()
+    };
+    let mut entry = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    let timeout = match q.timeout_ms {
+        Some(ms) if ms == 0 || ms > state.config.max_timeout_ms => {
+            return Err(ApiError::BadRequest(format!(
+                "timeout_ms must be between 1 and {}",
+                state.config.max_timeout_ms
+            )))
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => entry.current().def.timeout(),
+    };
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let _ticket = entry
+        .admission
+        .admit(&state.global, state.config.max_inflight)
+        .await
+        .map_err(|e| match e {
+            Rejected::Function { .. } | Rejected::Global(_) => ApiError::TooManyRequests {
+                message: e.to_string(),
+                retry_after_s: 1,
+            },
+        })?;
+    let stats = entry.shared.clone();
+    stats.stats.invocations.fetch_add(1, Relaxed);
+    let context = InvokeContext {
+        request_key,
+        deadline_ms: epoch_ms() + timeout.as_millis() as u64,
+    };
+    let (result, version) = loop {
+        let function = entry.current();
+        let opts = CallOptions {
+            deadline,
+            context: context.clone(),
+            capture_logs: false,
+        };
+        match function.call(payload.clone(), opts).await {
+            // Replaced before it could serve us: follow the id to its
+            // current version.
+            Err(CallError::Retired) => {
+                if state.is_shutting_down() {
+                    break (Err(ApiError::ShuttingDown), function.version());
+                }
+                match state.registry.get(&id) {
+                    Some(e) => {
+                        if Arc::ptr_eq(&e.current(), &function) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        entry = e;
+                    }
+                    None => break (Err(ApiError::Deleted(id.clone())), function.version()),
+                }
+            }
+            other => {
+                break (
+                    other
+                        .map_err(|e| (e, timeout))
+                        .map_err(|(e, t)| call_error(e, &id, t)),
+                    function.version(),
+                )
+            }
+        }
+    };
+    let outcome = match result {
+        Ok(finished) => finished.outcome,
+        Err(e) => {
+            count_error(&stats, &e);
+            return Err(e);
+        }
+    };
+    let response = match outcome {
+        Outcome::Ok(json) => {
+            let mut r = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                json,
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
+                r.headers_mut().insert("x-function-version", v);
+            }
+            return Ok(r);
+        }
+        Outcome::Error(e) => ApiError::FunctionFailed(e),
+        Outcome::Cancelled => ApiError::Timeout(format_seconds(timeout.as_millis() as u64)),
+        Outcome::Aborted(_) | Outcome::NotStarted => {
+            ApiError::Internal("unexpected worker outcome".into())
+        }
+    };
+    count_error(&stats, &response);
+    Err(response)
+}
+
+fn count_error(shared: &crate::function::Shared, e: &ApiError) {
+    shared.stats.errors.fetch_add(1, Relaxed);
+    if matches!(e, ApiError::Timeout(_)) {
+        shared.stats.timeouts.fetch_add(1, Relaxed);
+    }
+}
+
+fn call_error(e: CallError, id: &str, timeout: Duration) -> ApiError {
+    match e {
+        CallError::Timeout(_) => ApiError::Timeout(format_seconds(timeout.as_millis() as u64)),
+        CallError::WorkerDied(info) => ApiError::WorkerDied(info.to_string()),
+        CallError::MemoryLimit(mb) => ApiError::MemoryLimit(mb),
+        CallError::Recycled => ApiError::Recycled,
+        CallError::Unavailable {
+            retry_after,
+            reason,
+        } => ApiError::Unavailable {
+            id: id.to_owned(),
+            reason,
+            retry_after_s: retry_after.as_secs_f64().ceil() as u64,
+        },
+        CallError::Retired => ApiError::ShuttingDown,
+        CallError::Deleted => ApiError::Deleted(id.to_owned()),
+    }
+}

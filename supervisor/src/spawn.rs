@@ -1,0 +1,161 @@
+//! Starting a worker process with a clean slate: no environment, no
+//! inherited descriptors but its channel, its own process group and cgroup,
+//! a parent-death signal armed without a race, and a pidfd to kill it by
+//! (never a pid, which the kernel may reuse once the child is reaped).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use fn_protocol::WorkerArgs;
+use tokio::process::{Child, Command};
+use tracing::{info, warn, Instrument};
+
+use crate::cgroup::WorkerCgroup;
+use crate::redact::escape_log_text;
+
+/// Longest line of a worker's own stdout/stderr that is logged whole.
+const MAX_STDIO_LINE: usize = 4096;
+
+pub struct Spawned {
+    pub child: Child,
+    pub pid: u32,
+    pub pidfd: OwnedFd,
+}
+
+pub fn spawn_worker(
+    bin: &Path,
+    channel: &std::os::unix::net::UnixStream,
+    args: &WorkerArgs,
+    cgroup: Option<Arc<WorkerCgroup>>,
+) -> std::io::Result<Spawned> {
+    let fd = channel.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new(bin);
+    cmd.args(args.to_args())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls (write, dup2, fcntl, prctl,
+    // getppid, setrlimit, syscall) between fork and exec; everything the
+    // closure reads was prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Join the cgroup first, while the procs descriptors are open.
+            if let Some(cg) = &cgroup {
+                cg.join_self_in_child()?;
+            }
+            // Die with the supervisor. If the supervisor already died
+            // between fork and here, the signal would never come.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("supervisor exited during spawn"));
+            }
+            // The channel becomes fd 3, the only descriptor besides stdio.
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                check(flags)?;
+                check(libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
+            } else {
+                check(libc::dup2(fd, 3))?;
+            }
+            check(libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) as i32)?;
+            // Never dump core: the worker's memory holds secrets.
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("worker exited before it could be tracked"))?;
+    // Opened while the child is unreaped (only we reap it), so it refers to
+    // exactly this process for as long as we hold it.
+    let pidfd = pidfd_open(pid)?;
+    Ok(Spawned { child, pid, pidfd })
+}
+
+fn check(ret: libc::c_int) -> std::io::Result<()> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// SIGKILL through the pidfd: harmless (ESRCH) once the process is gone.
+pub fn kill(pidfd: &OwnedFd) {
+    // SAFETY: plain syscall on a descriptor we own.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
+    }
+}
+
+/// The worker's own stdout/stderr (never user console output) go to our
+/// log: bounded lines, invalid UTF-8 replaced, and the pipe always drained
+/// so the worker never blocks on it.
+pub fn forward_stdio(child: &mut Child, span: tracing::Span) {
+    fn forward(
+        pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+        stderr: bool,
+        span: tracing::Span,
+    ) {
+        tokio::spawn(
+            async move {
+                use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+                let mut reader = tokio::io::BufReader::new(pipe);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    let read = (&mut reader)
+                        .take(MAX_STDIO_LINE as u64)
+                        .read_until(b'\n', &mut line)
+                        .await;
+                    match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    let text = escape_log_text(text.trim_end_matches('\n'));
+                    if stderr {
+                        warn!(stream = "stderr", "{text}");
+                    } else {
+                        info!(stream = "stdout", "{text}");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+    if let Some(out) = child.stdout.take() {
+        forward(out, false, span.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        forward(err, true, span);
+    }
+}
