@@ -354,6 +354,7 @@ fn console_output_is_captured_per_invocation() {
     );
     sup.invoke("chatty", "1").expect(200, &sup);
     sup.invoke("chatty", "2").expect(200, &sup);
+    sup.wait_log("after-await-2", Duration::from_secs(5));
     let log = sup.log();
     let line = |needle: &str| {
         log.lines()

@@ -38,33 +38,96 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub struct Supervisor {
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    pub dir: Arc<tempfile::TempDir>,
     child: Child,
     command: String,
     log: PathBuf,
+    /// Bearer token sent with every request, if any.
+    pub token: Option<String>,
 }
 
-impl Supervisor {
-    pub fn start() -> Self {
-        Self::start_with(&[])
+/// How to start a supervisor in a test.
+pub struct Builder {
+    cmd: Command,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    dir: Option<Arc<tempfile::TempDir>>,
+    loopback_egress: bool,
+    listen: String,
+    token: Option<String>,
+}
+
+impl Builder {
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
     }
 
-    pub fn start_with(extra: &[&str]) -> Self {
-        Self::start_cmd(Command::new(bin("fn-supervisor")), extra)
+    pub fn args(mut self, a: &[&str]) -> Self {
+        self.args.extend(a.iter().map(|s| s.to_string()));
+        self
     }
 
-    /// Starts `cmd` (a supervisor, possibly behind a wrapper) with a free
-    /// port and a fresh data dir, and waits for its listening line.
-    pub fn start_cmd(mut cmd: Command, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("supervisor.log");
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    /// Reuse a data directory (a restart of the same installation).
+    pub fn dir(mut self, dir: Arc<tempfile::TempDir>) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Without the `--egress-allow 127.0.0.1/32` the tests' fake upstreams
+    /// need: the default policy, which denies loopback.
+    pub fn default_egress(mut self) -> Self {
+        self.loopback_egress = false;
+        self
+    }
+
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.to_owned();
+        self
+    }
+
+    /// Token the helpers send as `Authorization: Bearer`.
+    pub fn token(mut self, t: &str) -> Self {
+        self.token = Some(t.to_owned());
+        self
+    }
+
+    pub fn start(self) -> Supervisor {
+        let Builder {
+            mut cmd,
+            args,
+            envs,
+            dir,
+            loopback_egress,
+            listen,
+            token,
+        } = self;
+        let dir = dir.unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("tempdir")));
+        let log = dir.path().join(format!(
+            "supervisor-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let data = dir.path().join("data");
-        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["--listen", &listen, "--data-dir"])
             .arg(&data)
-            .args(extra)
+            .args(&args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
+        if loopback_egress {
+            cmd.args(["--egress-allow", "127.0.0.1/32"]);
+        }
+        for (k, v) in &envs {
+            cmd.env(k, v);
+        }
         let command = format!("{cmd:?}");
         let mut child = cmd
             .spawn()
@@ -78,7 +141,7 @@ impl Supervisor {
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a.parse().expect("address"),
             Err(_) => {
                 let status = child.try_wait();
@@ -89,12 +152,62 @@ impl Supervisor {
                 );
             }
         };
-        Self {
+        let sup = Supervisor {
             addr,
             dir,
             child,
             command,
             log,
+            token,
+        };
+        sup.wait_ready(Duration::from_secs(60));
+        sup
+    }
+}
+
+impl Supervisor {
+    pub fn builder() -> Builder {
+        Builder {
+            cmd: Command::new(bin("fn-supervisor")),
+            args: Vec::new(),
+            envs: Vec::new(),
+            dir: None,
+            loopback_egress: true,
+            listen: "127.0.0.1:0".into(),
+            token: None,
+        }
+    }
+
+    pub fn start() -> Self {
+        Self::builder().start()
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::builder().args(extra).start()
+    }
+
+    /// Starts `cmd` (a supervisor, possibly behind a wrapper).
+    pub fn start_cmd(cmd: Command, extra: &[&str]) -> Self {
+        let mut b = Self::builder().args(extra);
+        b.cmd = cmd;
+        b.start()
+    }
+
+    pub fn wait_ready(&self, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let r = self.get("/readyz");
+            if r.status == 200 {
+                return;
+            }
+            if start.elapsed() > within {
+                panic!(
+                    "supervisor never became ready: {}\n{}",
+                    r.text,
+                    self.context()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -110,10 +223,22 @@ impl Supervisor {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the supervisor's log (written asynchronously) has a line
+    /// containing `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            if start.elapsed() > within {
+                panic!("no log line with {needle:?}\n{}", self.context());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Context for assertion messages.
     pub fn context(&self) -> String {
         let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         format!(
             "command: {}\nsupervisor log (tail):\n{}",
@@ -123,10 +248,23 @@ impl Supervisor {
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
+        self.request_as(self.token.as_deref(), method, path, body)
+    }
+
+    pub fn request_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Resp {
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(120))
             .build();
-        let req = agent.request(method, &self.url(path));
+        let mut req = agent.request(method, &self.url(path));
+        if let Some(t) = token {
+            req = req.set("authorization", &format!("Bearer {t}"));
+        }
         let result = match body {
             Some(b) => req.set("content-type", "application/json").send_string(b),
             None => req.call(),
@@ -138,12 +276,16 @@ impl Supervisor {
         };
         let status = response.status();
         let retry_after = response.header("retry-after").map(str::to_owned);
+        let version = response.header("x-function-version").map(str::to_owned);
+        let request_id = response.header("x-request-id").map(str::to_owned);
         let text = response.into_string().unwrap_or_default();
         Resp {
             status,
             json: serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
             retry_after,
+            version,
+            request_id,
             what: format!("{method} {path}"),
         }
     }
@@ -200,10 +342,39 @@ impl Supervisor {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// SIGTERM and wait for the exit status (bounded).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        unsafe_kill(self.child.id(), 15);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILL and reap.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- supervisor log (command: {}) ----\n{}\n---- end of supervisor log ----",
+                self.command,
+                self.log()
+            );
+        }
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SIGTERM first: the supervisor stops its workers on the way out.
         unsafe_kill(self.child.id(), 15);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -223,6 +394,8 @@ pub struct Resp {
     pub json: Value,
     pub text: String,
     pub retry_after: Option<String>,
+    pub version: Option<String>,
+    pub request_id: Option<String>,
     pub what: String,
 }
 
@@ -371,4 +544,218 @@ pub fn run(cmd: &mut Command) -> std::process::Output {
     let shown = format!("{cmd:?}");
     cmd.output()
         .unwrap_or_else(|e| panic!("running {shown}: {e}"))
+}
+
+/// One raw HTTP/1.1 exchange: sends `head` and then `body` in `chunks`
+/// pieces with `pause` between them; returns (status, body).
+pub fn slow_post(
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    chunks: usize,
+    pause: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )?;
+    let step = body.len().div_ceil(chunks.max(1)).max(1);
+    for piece in body.chunks(step) {
+        s.write_all(piece)?;
+        s.flush()?;
+        std::thread::sleep(pause);
+    }
+    read_response(&mut s)
+}
+
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, String)> {
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A field of /proc/PID/status, e.g. "Uid" or "Seccomp".
+pub fn proc_status(pid: u32, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// The same field for every thread of a process.
+pub fn thread_status(pid: u32, field: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let tid = entry.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        if let Some(v) = text.lines().find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        }) {
+            out.push((tid, v));
+        }
+    }
+    out
+}
+
+/// Counts connections to an address that must never be reached.
+pub struct Canary {
+    pub addr: SocketAddr,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Canary {
+    pub fn start(ip: &str) -> Self {
+        let listener = TcpListener::bind(format!("{ip}:0")).expect("bind canary");
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut s = stream;
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                );
+            }
+        });
+        Self { addr, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl FakeUpstream {
+    /// Answers every request with the raw bytes `respond` returns.
+    pub fn start_raw(respond: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let respond = Arc::new(respond);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let respond = respond.clone();
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    seen.lock()
+                        .unwrap()
+                        .push(("RAW".into(), path, String::new()));
+                    let _ = stream.write_all(respond(&head).as_bytes());
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+}
+
+/// An HTTPS server on 127.0.0.1 (`openssl s_server -www`) whose certificate
+/// for `localhost` is signed by a CA made for this test.
+pub struct TlsServer {
+    pub port: u16,
+    pub ca: PathBuf,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl TlsServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        let sh = |script: &str| {
+            let out = run(Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(dir.path()));
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            p("leaf.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n",
+        )
+        .unwrap();
+        sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout ca.key -out ca.pem -days 2 -subj '/CN=fnrt test CA' \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>&1");
+        sh(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout leaf.key -out leaf.csr -subj '/CN=localhost' 2>&1",
+        );
+        sh(
+            "openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -out leaf.pem -days 2 -extfile leaf.ext 2>&1",
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-cert", "leaf.pem", "-key", "leaf.key"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "openssl s_server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            ca: p("ca.pem"),
+            _dir: dir,
+            child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/", self.port)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
