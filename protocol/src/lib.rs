@@ -148,6 +148,10 @@ pub enum WorkerMsg {
     /// invocations must go to a replacement. Invokes already on their way
     /// are answered with [`Outcome::NotStarted`].
     Retiring { reason: RetireReason },
+    /// Written by the worker's I/O thread before it hands an invocation to
+    /// JavaScript: an invocation without it provably never started, so it
+    /// can be sent to a replacement if the worker dies.
+    Accepted { request_id: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

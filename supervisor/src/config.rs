@@ -66,6 +66,8 @@ pub struct Config {
     /// This many crashes within `crash_window_s` put a function into backoff.
     pub crash_limit: u32,
     pub crash_window_s: u64,
+    /// First backoff of a crash-looping function; doubles per crash.
+    pub backoff_base_ms: u64,
     /// Longest backoff between restarts of a crash-looping function.
     pub max_backoff_s: u64,
     /// Workers started at once when restoring stored functions.
@@ -132,6 +134,7 @@ impl Default for Config {
             kill_grace_ms: 2_000,
             crash_limit: 3,
             crash_window_s: 60,
+            backoff_base_ms: 1_000,
             max_backoff_s: 30,
             restore_parallelism: 4,
             console_bytes_per_invocation: 1 << 20,
@@ -200,6 +203,7 @@ impl Config {
             ("kill_grace_ms", self.kill_grace_ms),
             ("crash_limit", self.crash_limit as u64),
             ("crash_window_s", self.crash_window_s),
+            ("backoff_base_ms", self.backoff_base_ms),
             ("max_backoff_s", self.max_backoff_s),
             ("restore_parallelism", self.restore_parallelism as u64),
             (

@@ -106,6 +106,10 @@ const DOCS: &[(&str, &str)] = &[
     ),
     ("crash_window_s", "Window for counting crashes"),
     (
+        "backoff_base_ms",
+        "First backoff of a crash-looping function (doubles per crash)",
+    ),
+    (
         "max_backoff_s",
         "Longest backoff between restarts of a crash-looping function",
     ),

@@ -109,6 +109,7 @@ pub enum StopMode {
 pub struct RestartPolicy {
     pub crash_limit: u32,
     pub crash_window: Duration,
+    pub backoff_base: Duration,
     pub max_backoff: Duration,
     pub kill_grace: Duration,
 }
@@ -359,10 +360,10 @@ impl Function {
                 let delay = self.backoff_delay(crashes.len() as u32);
                 if !delay.is_zero() {
                     let reason = format!(
-                        "worker crashed {} times within {}s; next restart in {}s",
+                        "worker crashed {} times within {}s; next restart in {:.1}s",
                         crashes.len(),
                         self.policy.crash_window.as_secs(),
-                        delay.as_secs()
+                        delay.as_secs_f64()
                     );
                     error!(%reason, "function is unhealthy");
                     self.shared.logs.lifecycle("error", reason.clone());
@@ -459,7 +460,7 @@ impl Function {
             return Duration::ZERO;
         }
         let exponent = (recent_crashes - self.policy.crash_limit).min(16);
-        Duration::from_secs(1u64 << exponent).min(self.policy.max_backoff)
+        (self.policy.backoff_base * (1u32 << exponent)).min(self.policy.max_backoff)
     }
 
     async fn retire(

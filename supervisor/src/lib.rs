@@ -75,6 +75,8 @@ impl RunError {
 pub struct Events {
     pub on_ready: Option<Box<dyn FnOnce() + Send>>,
     pub on_stopping: Option<Box<dyn FnOnce() + Send>>,
+    /// Configurations to take the API tokens from again (SIGHUP).
+    pub reload: Option<tokio::sync::mpsc::UnboundedReceiver<Config>>,
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes
@@ -141,6 +143,7 @@ pub async fn run_with(
         policy: RestartPolicy {
             crash_limit: config.crash_limit,
             crash_window: Duration::from_secs(config.crash_window_s),
+            backoff_base: Duration::from_millis(config.backoff_base_ms),
             max_backoff: Duration::from_secs(config.max_backoff_s),
             kill_grace: config.kill_grace(),
         },
@@ -175,6 +178,25 @@ pub async fn run_with(
         }
     });
 
+    if let Some(mut reload) = events.reload {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(config) = reload.recv().await {
+                let loaded = auth::Tokens::load(
+                    config.tokens_file.as_deref(),
+                    config.admin_token.clone(),
+                    config.invoke_token.clone(),
+                );
+                match loaded {
+                    Ok(tokens) => {
+                        info!(tokens = tokens.len(), "API tokens reloaded");
+                        *state.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+                    }
+                    Err(e) => error!(error = %e, "API tokens not reloaded; keeping the old ones"),
+                }
+            }
+        });
+    }
     let app = api::router(state.clone());
     let limits = server::ServerLimits {
         max_connections: state.config.max_connections,

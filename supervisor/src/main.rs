@@ -44,16 +44,33 @@ fn main() -> ExitCode {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    if config.log_format == "json" {
-        builder
+    // SIGHUP sets a new log level through this.
+    let set_level: LevelSetter = if config.log_format == "json" {
+        let builder = builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .init();
+            .with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        Box::new(move |level| {
+            handle
+                .reload(EnvFilter::try_new(level).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())
+        })
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
-    }
+        let builder = builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        Box::new(move |level| {
+            handle
+                .reload(EnvFilter::try_new(level).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())
+        })
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,7 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::from(fn_supervisor::EXIT_OS);
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, set_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "fn-supervisor stopped");
@@ -74,10 +91,32 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: fn_supervisor::Config) -> Result<(), RunError> {
+type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+async fn serve(config: fn_supervisor::Config, set_level: LevelSetter) -> Result<(), RunError> {
     // A failure to install a handler is an error now, never a silent wait.
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Serve)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Serve)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Serve)?;
+    // SIGHUP: read the configuration again; the log level applies at once,
+    // the tokens are handed to the running service.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match config_load::load(std::env::args_os(), |k| std::env::var(k).ok()) {
+                Ok(loaded) => {
+                    if let Err(e) = set_level(&loaded.config.log_level) {
+                        tracing::error!(error = %e, "SIGHUP: log level not changed");
+                    }
+                    tracing::info!(log_level = %loaded.config.log_level, "SIGHUP: configuration reloaded");
+                    let _ = reload_tx.send(loaded.config);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: configuration invalid; nothing changed")
+                }
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -106,6 +145,7 @@ async fn serve(config: fn_supervisor::Config) -> Result<(), RunError> {
         on_stopping: Some(Box::new(|| {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         })),
+        reload: Some(reload_rx),
     };
     fn_supervisor::run_with(config, listener, shutdown, events).await
 }

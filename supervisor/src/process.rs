@@ -125,7 +125,10 @@ enum Reply {
 
 #[derive(PartialEq, Eq, Clone, Copy)]
 enum Delivery {
+    /// Not yet acknowledged by the worker: if it dies now, the invocation
+    /// provably never ran.
     Queued,
+    /// The worker's I/O thread acknowledged it: it may have started.
     Delivered,
     /// The caller gave up; the worker owes an acknowledgement.
     Cancelled,
@@ -394,6 +397,7 @@ fn variant(msg: &WorkerMsg) -> &'static str {
         WorkerMsg::Fatal { .. } => "Fatal",
         WorkerMsg::SelfTest(_) => "SelfTest",
         WorkerMsg::Retiring { .. } => "Retiring",
+        WorkerMsg::Accepted { .. } => "Accepted",
     }
 }
 
@@ -436,9 +440,6 @@ async fn pump(
                         process.settle(id, Reply::NotDelivered);
                     }
                     break;
-                }
-                if let Some(id) = invoked {
-                    process.delivered(id);
                 }
             }
             frame = frames.next() => match frame {
@@ -577,6 +578,7 @@ impl WorkerProcess {
                     let _ = tx.send(SupervisorMsg::Shutdown).await;
                 });
             }
+            WorkerMsg::Accepted { request_id } => self.delivered(request_id),
             WorkerMsg::Fatal { message } => warn!(%message, "worker reported a fatal error"),
             other => warn!(
                 message = variant(&other),

@@ -56,7 +56,8 @@ fn an_unresponsive_worker_is_killed_after_the_grace_period_and_replaced() {
 
 #[test]
 fn a_crash_looping_function_backs_off_with_503() {
-    let sup = Supervisor::start();
+    // A 5 s first backoff: long enough to observe it without racing it.
+    let sup = Supervisor::start_with(&["--backoff-base-ms", "5000"]);
     sup.deploy_ok("loopy", "function handler() { return 'up'; }");
     let mut last = 0;
     for _ in 0..3 {
@@ -155,11 +156,18 @@ fn workers_run_with_a_clean_slate() {
 
 #[test]
 fn shutting_down_the_supervisor_stops_its_workers() {
-    let sup = Supervisor::start();
+    let mut sup = Supervisor::start();
     sup.deploy_ok("a", "function handler() { return 1; }");
     sup.deploy_ok("b", "function handler() { return 2; }");
     let pids = [sup.worker_pid("a"), sup.worker_pid("b")];
-    drop(sup);
+    // A clean, bounded exit: not the test harness's SIGKILL doing the work.
+    let status = sup.terminate(Duration::from_secs(15));
+    let status = status.unwrap_or_else(|| panic!("no exit within 15 s\n{}", sup.context()));
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        sup.context()
+    );
     for pid in pids {
         assert!(!pid_alive(pid), "worker {pid} outlived the supervisor");
     }

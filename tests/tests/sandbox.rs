@@ -151,7 +151,7 @@ export default async function handler(url) {
 }
 
 #[test]
-fn process_exit_and_workers_do_not_take_down_the_supervisor() {
+fn nested_workers_fail_cleanly_and_the_supervisor_serves_on() {
     let sup = Supervisor::start();
     let out = attempt(
         &sup,

@@ -72,13 +72,14 @@ fn loop_after_an_await_is_also_terminated() {
 
 #[test]
 fn never_resolving_promise_times_out_and_late_results_are_discarded() {
-    let sup = Supervisor::start();
+    let sup = Arc::new(Supervisor::start());
     deploy_with_timeout(
         &sup,
         "hang",
         "export function handler(d) {\n\
            if (d === 'never') return new Promise(() => {});\n\
-           if (d === 'late') return new Promise((r) => setTimeout(() => r('too late'), 1500));\n\
+           if (d === 'late') return new Promise((r) => setTimeout(() => r('too late'), 1000));\n\
+           if (d === 'wait') return new Promise((r) => setTimeout(() => r('mine'), 1200));\n\
            return 'prompt';\n\
          }",
         700,
@@ -87,12 +88,22 @@ fn never_resolving_promise_times_out_and_late_results_are_discarded() {
     let r = sup.invoke("hang", r#""never""#);
     r.expect(504, &sup);
     assert_eq!(r.json, json!({"error": "Execution timeout (0.7s)"}));
-    sup.invoke("hang", r#""late""#).expect(504, &sup);
-    std::thread::sleep(Duration::from_millis(1200));
+    // 'late' resolves at 1.0 s, after its 0.7 s deadline, while 'wait' is
+    // in flight: the late result must not be taken for anyone else's.
+    let s = sup.clone();
+    let late = std::thread::spawn(move || s.invoke("hang", r#""late""#));
+    std::thread::sleep(Duration::from_millis(100));
+    let r = sup.post("/invoke/hang?timeout_ms=5000", r#""wait""#);
+    r.expect(200, &sup);
+    assert_eq!(r.json, json!("mine"));
+    late.join().unwrap().expect(504, &sup);
     let r = sup.invoke("hang", "");
     r.expect(200, &sup);
     assert_eq!(r.json, json!("prompt"));
     assert_eq!(sup.worker_pid("hang"), pid);
+    let info = sup.get("/functions/hang").json;
+    assert_eq!(info["in_flight"], 0, "{info}");
+    assert_eq!(info["timeouts"], 2, "{info}");
 }
 
 #[test]

@@ -127,8 +127,12 @@ async fn serve(
         mut log_rx,
     } = ends;
     let stream = tokio::net::UnixStream::from_std(stream)?;
-    let (mut sink, mut frames) =
+    let (sink, mut frames) =
         Framed::new(stream, FrameCodec::<SupervisorMsg, WorkerMsg>::default()).split();
+    // Shared by the writer and the reader, which acknowledges an invocation
+    // (in the socket) before JavaScript can see it.
+    let sink = Arc::new(tokio::sync::Mutex::new(sink));
+    let acks = sink.clone();
     let writer = async move {
         let (mut out_open, mut logs_open) = (true, true);
         while out_open || logs_open {
@@ -144,13 +148,14 @@ async fn serve(
                     None => { logs_open = false; continue; }
                 },
             };
+            let mut sink = sink.lock().await;
             sink.feed(msg).await?;
             // One flush per burst: fewer writes when many frames are queued.
             if out_rx.is_empty() && log_rx.is_empty() {
                 sink.flush().await?;
             }
         }
-        sink.flush().await?;
+        sink.lock().await.flush().await?;
         Ok::<_, ProtocolError>(Finished::Flushed)
     };
     let watch = interrupt.clone();
@@ -180,10 +185,19 @@ async fn serve(
             None => return Ok(Finished::PeerClosed),
         }
         while let Some(msg) = frames.next().await.transpose()? {
-            if let SupervisorMsg::Cancel { request_id } = msg {
-                if let Some(i) = interrupt.get() {
-                    i.cancel_seen(request_id);
+            match &msg {
+                SupervisorMsg::Cancel { request_id } => {
+                    if let Some(i) = interrupt.get() {
+                        i.cancel_seen(*request_id);
+                    }
                 }
+                SupervisorMsg::Invoke { request_id, .. } => {
+                    let accepted = WorkerMsg::Accepted {
+                        request_id: *request_id,
+                    };
+                    acks.lock().await.send(accepted).await?;
+                }
+                _ => {}
             }
             if in_tx.send(msg).await.is_err() {
                 break;

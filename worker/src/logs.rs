@@ -25,6 +25,7 @@ pub struct LogGate {
     tokens: f64,
     refilled: Instant,
     dropped: u64,
+    noticed: Option<Instant>,
 }
 
 /// A line to send: its invocation (if still running) and its text.
@@ -38,6 +39,7 @@ impl LogGate {
             tokens: limits.lines_per_second as f64,
             refilled: Instant::now(),
             dropped: 0,
+            noticed: None,
         }
     }
 
@@ -53,11 +55,20 @@ impl LogGate {
     /// cut, and possibly a notice about lines dropped before it).
     pub fn admit(&mut self, request_id: Option<u64>, text: &str, now: Instant) -> Vec<Line> {
         let mut out = Vec::new();
+        let owner = request_id.filter(|id| self.active.contains_key(id));
+        // Past its budget an invocation's lines cost nothing at all.
+        if owner.is_some_and(|id| self.active.get(&id).is_some_and(|b| b.cut)) {
+            return out;
+        }
         if !self.take_token(now) {
             self.dropped += 1;
             return out;
         }
-        if self.dropped > 0 {
+        // At most one notice a second about lines the rate limit dropped.
+        let due = self
+            .noticed
+            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1));
+        if self.dropped > 0 && due {
             out.push((
                 None,
                 format!(
@@ -66,17 +77,19 @@ impl LogGate {
                 ),
             ));
             self.dropped = 0;
+            self.noticed = Some(now);
         }
-        let owner = request_id.filter(|id| self.active.contains_key(id));
-        let mut line = text.to_owned();
+        // Copy no more than is kept; the marker shows something was cut.
+        let mut end = text.len().min(MAX_TEXT_BYTES + 1);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut line = text[..end].to_owned();
         truncate_text(&mut line, MAX_TEXT_BYTES);
         if let Some(id) = owner {
             let max_bytes = self.limits.bytes_per_invocation as usize;
             let max_lines = self.limits.lines_per_invocation;
             let budget = self.active.get_mut(&id).expect("checked above");
-            if budget.cut {
-                return out;
-            }
             let cost = line.len() + LINE_OVERHEAD;
             if budget.lines + 1 > max_lines || budget.bytes + cost > max_bytes {
                 let room = max_bytes.saturating_sub(budget.bytes + LINE_OVERHEAD);

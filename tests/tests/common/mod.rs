@@ -564,8 +564,10 @@ pub fn slow_post(
     )?;
     let step = body.len().div_ceil(chunks.max(1)).max(1);
     for piece in body.chunks(step) {
-        s.write_all(piece)?;
-        s.flush()?;
+        // The server may answer (408, 413) and close before we are done.
+        if s.write_all(piece).and_then(|_| s.flush()).is_err() {
+            break;
+        }
         std::thread::sleep(pause);
     }
     read_response(&mut s)
