@@ -69,6 +69,7 @@ pub struct Stats {
 /// What all versions of one id share.
 pub struct Shared {
     pub stats: Stats,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub logs: Arc<FunctionLogs>,
     pub redactor: Arc<Redactor>,
     pub secrets: std::sync::Mutex<Vec<(String, String)>>,
@@ -412,6 +413,7 @@ impl Function {
                         "info",
                         format!("worker started (pid {})", started.process.pid),
                     );
+                    self.shared.metrics.worker_start(&self.def.id, "restart");
                     self.slot.send_replace(Slot::Ready(started.process.clone()));
                     current = Some(started.process);
                 }
@@ -447,6 +449,14 @@ impl Function {
 
     fn worker_exited(&self, process: &WorkerProcess, info: ExitInfo) {
         self.shared.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        let reason = if info.memory_exhausted() {
+            "memory"
+        } else if info.worker_exit() == Some(fn_protocol::WorkerExit::Runaway) {
+            "runaway"
+        } else {
+            "crash"
+        };
+        self.shared.metrics.worker_exit(&self.def.id, reason);
         let what = match info.worker_exit() {
             Some(e) => format!("worker {} exited: {}", process.pid, e.describe()),
             None => format!("worker {} crashed ({info})", process.pid),

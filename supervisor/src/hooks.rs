@@ -395,6 +395,15 @@ async fn run_one(
     if let Some(error) = &error {
         warn!(function = %function.id(), hook = hook.name(), %error, "hook function failed");
     }
+    function
+        .shared
+        .metrics
+        .hook_firings
+        .get_or_create(&crate::metrics::HookOutcome {
+            hook: hook.name(),
+            outcome: if ok { "ok" } else { "failed" },
+        })
+        .inc();
     FunctionRun {
         activation_id: activation_id.to_owned(),
         hook: hook.name().to_owned(),

@@ -11,6 +11,7 @@ pub mod error;
 pub mod function;
 pub mod hooks;
 pub mod logs;
+pub mod metrics;
 pub mod process;
 pub mod redact;
 pub mod registry;
@@ -136,6 +137,7 @@ pub async fn run_with(
         Duration::from_secs(config.activation_max_age_s),
     ));
     let state = Arc::new(api::AppState {
+        metrics: Arc::new(metrics::Metrics::new()),
         registry: Default::default(),
         store,
         activations,
@@ -197,6 +199,7 @@ pub async fn run_with(
             }
         });
     }
+    tokio::spawn(sample_workers(state.clone()));
     let app = api::router(state.clone());
     let limits = server::ServerLimits {
         max_connections: state.config.max_connections,
@@ -378,4 +381,34 @@ fn local_ips() -> Vec<IpAddr> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Worker memory is sampled, never measured per request.
+async fn sample_workers(state: Arc<api::AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        if state.is_shutting_down() {
+            return;
+        }
+        for entry in state.registry.list() {
+            let pid = match entry.current().slot() {
+                function::Slot::Ready(p) => p.pid,
+                _ => continue,
+            };
+            let sampled = tokio::task::spawn_blocking(move || metrics::process_memory(pid)).await;
+            if let Ok(Some((rss, pss))) = sampled {
+                for (kind, v) in [("rss", rss), ("pss", pss)] {
+                    state
+                        .metrics
+                        .worker_memory
+                        .get_or_create(&metrics::MemoryKind {
+                            function: entry.id.clone(),
+                            kind,
+                        })
+                        .set(v as i64);
+                }
+            }
+        }
+    }
 }

@@ -170,11 +170,12 @@ fn definition(
     })
 }
 
-fn new_shared(id: &str, secrets: Vec<(String, String)>) -> Arc<Shared> {
+fn new_shared(state: &AppState, id: &str, secrets: Vec<(String, String)>) -> Arc<Shared> {
     let redactor = Arc::new(Redactor::default());
     redactor.add(secrets.iter().map(|(_, v)| v.as_str()));
     Arc::new(Shared {
         stats: Default::default(),
+        metrics: state.metrics.clone(),
         logs: Arc::new(FunctionLogs::named(id, LOG_LINES, LOG_BYTES)),
         redactor,
         secrets: std::sync::Mutex::new(secrets),
@@ -255,9 +256,9 @@ pub async fn deploy(
     };
     let shared = match &existing {
         Some(entry) => entry.shared.clone(),
-        None => new_shared(&id, secrets.clone()),
+        None => new_shared(&state, &id, secrets.clone()),
     };
-    let started = start_worker(&state, &def, &shared, secrets.clone()).await?;
+    let started = start_worker(&state, &def, &shared, secrets.clone(), "deploy").await?;
     let stored = FunctionDef {
         id: id.clone(),
         version,
@@ -296,19 +297,26 @@ async fn start_worker(
     def: &Arc<Definition>,
     shared: &Arc<Shared>,
     secrets: Vec<(String, String)>,
+    reason: &'static str,
 ) -> Result<process::Started, ApiError> {
     let spec = state
         .spawner
         .spec(def, secrets)
         .map_err(|e| start_error(e, def.config.timeout_ms))?;
-    process::start(
+    let started = process::start(
         &spec,
         state.policy.kill_grace,
         shared.redactor.clone(),
         shared.logs.clone(),
     )
     .await
-    .map_err(|e| start_error(e, def.config.timeout_ms))
+    .map_err(|e| start_error(e, def.config.timeout_ms))?;
+    state
+        .metrics
+        .deploy_seconds
+        .observe(started.ready.as_secs_f64());
+    state.metrics.worker_start(&def.id, reason);
+    Ok(started)
 }
 
 fn deploy_response(def: &Definition, started: &process::Started) -> Value {
@@ -398,6 +406,7 @@ pub async fn remove(
     )
     .await;
     entry.shared.logs.lifecycle("info", "deleted".into());
+    state.metrics.forget(&id);
     info!(function = %id, ?pid, "deleted");
     Ok(Json(json!({ "id": id, "status": "deleted", "pid": pid })).into_response())
 }
@@ -553,7 +562,7 @@ pub async fn rollback(
     def.created_at_ms = stored.created_at_ms;
     let def = Arc::new(def);
     let shared = entry.shared.clone();
-    let started = start_worker(&state, &def, &shared, shared.secrets()).await?;
+    let started = start_worker(&state, &def, &shared, shared.secrets(), "rollback").await?;
     if let Err(e) = state.store.set_current(&id, target).await {
         started.process.kill();
         return Err(store_error(e));
@@ -741,7 +750,7 @@ pub async fn import(
     let body = read_body(req.into_body(), state.config.max_body_bytes, within).await?;
     let item: ImportItem =
         serde_json::from_slice(&body).map_err(|e| body_json_error("import item", e))?;
-    let deploy = json!({
+    let request = json!({
         "id": item.id,
         "code": item.code,
         "timeout_ms": item.config.timeout_ms,
@@ -751,11 +760,7 @@ pub async fn import(
         "net": item.config.net,
         "secrets": item.secrets,
     });
-    let req = Request::new(axum::body::Body::from(deploy.to_string()));
-    deploy_inner(state, req).await
-}
-
-async fn deploy_inner(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+    let req = Request::new(axum::body::Body::from(request.to_string()));
     deploy(State(state), req).await
 }
 
@@ -802,10 +807,10 @@ async fn restore_one(state: &Arc<AppState>, stored: StoredFunction) {
         }
     };
     let secrets: Vec<(String, String)> = secrets.into_iter().collect();
-    let shared = new_shared(&id, secrets.clone());
+    let shared = new_shared(state, &id, secrets.clone());
     // A function that does not start now still comes back: its monitor
     // keeps trying (with backoff) and reports it unhealthy meanwhile.
-    let started = start_worker(state, &definition, &shared, secrets).await;
+    let started = start_worker(state, &definition, &shared, secrets, "restore").await;
     let started = match started {
         Ok(s) => Some(s),
         Err(e) => {

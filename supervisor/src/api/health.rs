@@ -41,3 +41,30 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
     Json(json!({"ready": true, "functions": state.registry.len()})).into_response()
 }
+
+/// Prometheus text exposition (OpenMetrics).
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let m = &state.metrics;
+    let entries = state.registry.list();
+    m.functions.set(entries.len() as i64);
+    for e in &entries {
+        let label = crate::metrics::FnLabel {
+            function: e.id.clone(),
+        };
+        m.in_flight
+            .get_or_create(&label)
+            .set(e.admission.in_flight() as i64);
+        m.queued
+            .get_or_create(&label)
+            .set(e.admission.queued() as i64);
+    }
+    m.sample_process();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}

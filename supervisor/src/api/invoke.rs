@@ -77,11 +77,16 @@ pub async fn invoke(
         .admission
         .admit(&state.global, state.config.max_inflight)
         .await
-        .map_err(|e| match e {
-            Rejected::Function { .. } | Rejected::Global(_) => ApiError::TooManyRequests {
-                message: e.to_string(),
-                retry_after_s: 1,
-            },
+        .map_err(|e| {
+            state
+                .metrics
+                .invocation(&id, "rejected", started.elapsed().as_secs_f64());
+            match e {
+                Rejected::Function { .. } | Rejected::Global(_) => ApiError::TooManyRequests {
+                    message: e.to_string(),
+                    retry_after_s: 1,
+                },
+            }
         })?;
     let stats = entry.shared.clone();
     stats.stats.invocations.fetch_add(1, Relaxed);
@@ -123,10 +128,12 @@ pub async fn invoke(
             }
         }
     };
+    let seconds = started.elapsed().as_secs_f64();
     let outcome = match result {
         Ok(finished) => finished.outcome,
         Err(e) => {
             count_error(&stats, &e);
+            state.metrics.invocation(&id, outcome_label(&e), seconds);
             return Err(e);
         }
     };
@@ -141,6 +148,7 @@ pub async fn invoke(
             if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
                 r.headers_mut().insert("x-function-version", v);
             }
+            state.metrics.invocation(&id, "ok", seconds);
             return Ok(r);
         }
         Outcome::Error(e) => ApiError::FunctionFailed(e),
@@ -150,7 +158,23 @@ pub async fn invoke(
         }
     };
     count_error(&stats, &response);
+    state
+        .metrics
+        .invocation(&id, outcome_label(&response), seconds);
     Err(response)
+}
+
+fn outcome_label(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::Timeout(_) => "timeout",
+        ApiError::TooManyRequests { .. } => "rejected",
+        ApiError::Unavailable { .. } | ApiError::ShuttingDown => "unavailable",
+        ApiError::WorkerDied(_) => "died",
+        ApiError::MemoryLimit(_) => "memory",
+        ApiError::Recycled => "recycled",
+        ApiError::Deleted(_) => "deleted",
+        _ => "error",
+    }
 }
 
 fn count_error(shared: &crate::function::Shared, e: &ApiError) {

@@ -36,6 +36,7 @@ pub use functions::{restore, unknown_hook};
 
 pub struct AppState {
     pub config: Config,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub registry: Arc<Registry>,
     pub store: StoreHandle,
     pub activations: Arc<Activations>,
@@ -105,6 +106,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/import", post(functions::import))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|req: Request| async move {
             ApiError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
         })
