@@ -221,9 +221,9 @@ mod tests {
                 version: 1,
                 pid: 42,
             },
-            WorkerMsg::Ready {
+            WorkerMsg::Ready { init_us: 20 },
+            WorkerMsg::Booted {
                 boot_us: 10,
-                init_us: 20,
                 sandbox: crate::SandboxReport {
                     layers: vec![(
                         crate::Layer::Seccomp,

@@ -35,9 +35,10 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 pub enum SupervisorMsg {
     /// Always the first message.
     Hello { version: u32 },
-    /// Exactly once, right after `Hello`: the function to load. The worker
-    /// answers with `Ready`, `InitFailed` or (in self-test mode) `SelfTest`.
-    Init(InitRequest),
+    /// Exactly once, right after `Hello`: boot the runtime and apply the
+    /// sandbox. The worker answers `Booted` (or, in self-test mode,
+    /// `SelfTest`). A pooled worker then waits, booted, for its function.
+    Boot(BootRequest),
     /// Only after `Ready`. Request ids are unique per worker.
     Invoke {
         request_id: u64,
@@ -55,6 +56,9 @@ pub enum SupervisorMsg {
     Shutdown,
     /// Replaces the secrets handed to the handler as `ctx.secrets`.
     SetSecrets { secrets: Vec<(String, String)> },
+    /// Exactly once, after `Booted`: the function to run. The worker answers
+    /// `Ready` or `InitFailed`.
+    Load(LoadRequest),
 }
 
 /// What the handler sees as its second argument besides the secrets.
@@ -66,24 +70,29 @@ pub struct InvokeContext {
     pub deadline_ms: u64,
 }
 
-/// What the worker needs to start a function.
+/// What a worker needs before any function: the runtime's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InitRequest {
-    pub function_id: String,
-    pub version: u64,
-    pub code: String,
+pub struct BootRequest {
     /// Memory budget in MiB for the V8 heap, and separately for off-heap
     /// allocations (ArrayBuffers, WebAssembly memories); 0 leaves V8's
-    /// defaults and no off-heap bound.
+    /// defaults and no off-heap bound. Fixed for the worker's life.
     pub memory_mb: u32,
-    pub net: NetPolicy,
-    pub secrets: Vec<(String, String)>,
     /// Extra root certificates (PEM) trusted besides the bundled roots.
     pub ca_certs: Vec<String>,
     pub logs: LogLimits,
     /// Boot through the production path, then try native escapes instead
-    /// of loading code; the worker answers with `SelfTest`.
+    /// of waiting for a function; the worker answers with `SelfTest`.
     pub self_test: Option<SelfTestRequest>,
+}
+
+/// The function a booted worker runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadRequest {
+    pub function_id: String,
+    pub version: u64,
+    pub code: String,
+    pub net: NetPolicy,
+    pub secrets: Vec<(String, String)>,
 }
 
 /// Bounds on console output, enforced in the worker.
@@ -121,12 +130,8 @@ pub enum WorkerMsg {
     Hello { version: u32, pid: u32 },
     /// The function's top-level code ran and a handler was found.
     Ready {
-        /// Runtime boot (V8 isolate from the snapshot + Deno bootstrap).
-        boot_us: u64,
         /// The user's code: parse, compile and top-level evaluation.
         init_us: u64,
-        /// The OS layers in force from now on.
-        sandbox: SandboxReport,
     },
     /// The function cannot be loaded; the worker exits after sending this.
     InitFailed(InitError),
@@ -152,6 +157,14 @@ pub enum WorkerMsg {
     /// JavaScript: an invocation without it provably never started, so it
     /// can be sent to a replacement if the worker dies.
     Accepted { request_id: u64 },
+    /// The runtime booted and the sandbox is complete; the worker waits for
+    /// `Load`.
+    Booted {
+        /// V8 isolate from the snapshot, Deno bootstrap, our setup.
+        boot_us: u64,
+        /// The OS layers in force from now on.
+        sandbox: SandboxReport,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

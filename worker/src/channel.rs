@@ -2,6 +2,7 @@
 //! seen (and runaway JavaScript terminated) while the JS thread is busy.
 
 use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,15 +22,36 @@ const INBOX: usize = 1024;
 /// Console lines waiting to be written; beyond this they are dropped.
 pub const LOG_QUEUE: usize = 4096;
 
+/// Everything the worker sends, in one queue so that an invocation's
+/// console lines always arrive before its result. Results and control
+/// messages are never dropped (they answer what the supervisor sent, and
+/// the supervisor bounds that); console lines are dropped once `LOG_QUEUE`
+/// of them wait.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<WorkerMsg>,
+    queued_logs: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    pub fn send(&self, msg: WorkerMsg) -> Result<(), ()> {
+        self.tx.send(msg).map_err(|_| ())
+    }
+
+    /// Queues a console line; false if it was dropped.
+    pub fn log(&self, msg: WorkerMsg) -> bool {
+        if self.queued_logs.load(Ordering::Relaxed) >= LOG_QUEUE {
+            return false;
+        }
+        self.queued_logs.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(msg).is_ok()
+    }
+}
+
 /// The JS thread's ends of the channel.
 pub struct Channel {
     pub inbox: mpsc::Receiver<SupervisorMsg>,
-    /// Results and control messages. Unbounded on purpose: every message
-    /// here answers something the supervisor sent, and the supervisor bounds
-    /// what it sends (admission control).
-    pub outbox: mpsc::UnboundedSender<WorkerMsg>,
-    /// Console output only (see `LOG_QUEUE`).
-    pub logs: mpsc::Sender<WorkerMsg>,
+    pub outbox: Outbox,
     flushed: std::sync::mpsc::Receiver<()>,
 }
 
@@ -41,10 +63,9 @@ impl Channel {
         let Channel {
             inbox,
             outbox,
-            logs,
             flushed,
         } = self;
-        drop((outbox, logs));
+        drop(outbox);
         let _ = flushed.recv_timeout(within);
         drop(inbox);
     }
@@ -58,8 +79,12 @@ pub fn start(interrupt: Arc<OnceLock<Arc<Interrupt>>>) -> std::io::Result<Channe
     let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CHANNEL_FD) };
     std_stream.set_nonblocking(true)?;
     let (in_tx, inbox) = mpsc::channel(INBOX);
-    let (outbox, out_rx) = mpsc::unbounded_channel();
-    let (logs, log_rx) = mpsc::channel(LOG_QUEUE);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let queued_logs = Arc::new(AtomicUsize::new(0));
+    let outbox = Outbox {
+        tx: out_tx,
+        queued_logs: queued_logs.clone(),
+    };
     let (flushed_tx, flushed) = std::sync::mpsc::channel();
     let hello = outbox.clone();
     std::thread::Builder::new()
@@ -78,7 +103,7 @@ pub fn start(interrupt: Arc<OnceLock<Arc<Interrupt>>>) -> std::io::Result<Channe
             let ends = Ends {
                 in_tx,
                 out_rx,
-                log_rx,
+                queued_logs,
             };
             match rt.block_on(serve(std_stream, ends, interrupt)) {
                 // Our side finished writing: the JS thread decides the exit.
@@ -100,7 +125,6 @@ pub fn start(interrupt: Arc<OnceLock<Arc<Interrupt>>>) -> std::io::Result<Channe
     Ok(Channel {
         inbox,
         outbox,
-        logs,
         flushed,
     })
 }
@@ -108,7 +132,7 @@ pub fn start(interrupt: Arc<OnceLock<Arc<Interrupt>>>) -> std::io::Result<Channe
 struct Ends {
     in_tx: mpsc::Sender<SupervisorMsg>,
     out_rx: mpsc::UnboundedReceiver<WorkerMsg>,
-    log_rx: mpsc::Receiver<WorkerMsg>,
+    queued_logs: Arc<AtomicUsize>,
 }
 
 enum Finished {
@@ -124,7 +148,7 @@ async fn serve(
     let Ends {
         in_tx,
         mut out_rx,
-        mut log_rx,
+        queued_logs,
     } = ends;
     let stream = tokio::net::UnixStream::from_std(stream)?;
     let (sink, mut frames) =
@@ -134,24 +158,14 @@ async fn serve(
     let sink = Arc::new(tokio::sync::Mutex::new(sink));
     let acks = sink.clone();
     let writer = async move {
-        let (mut out_open, mut logs_open) = (true, true);
-        while out_open || logs_open {
-            // Results first: console output never delays an answer.
-            let msg = tokio::select! {
-                biased;
-                m = out_rx.recv(), if out_open => match m {
-                    Some(m) => m,
-                    None => { out_open = false; continue; }
-                },
-                m = log_rx.recv(), if logs_open => match m {
-                    Some(m) => m,
-                    None => { logs_open = false; continue; }
-                },
-            };
+        while let Some(msg) = out_rx.recv().await {
+            if matches!(msg, WorkerMsg::Log { .. }) {
+                queued_logs.fetch_sub(1, Ordering::Relaxed);
+            }
             let mut sink = sink.lock().await;
             sink.feed(msg).await?;
             // One flush per burst: fewer writes when many frames are queued.
-            if out_rx.is_empty() && log_rx.is_empty() {
+            if out_rx.is_empty() {
                 sink.flush().await?;
             }
         }

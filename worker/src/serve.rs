@@ -8,7 +8,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use fn_protocol::{
-    InitRequest, LogLevel, Outcome, RetireReason, SandboxReport, SelfTestReport, SupervisorMsg,
+    BootRequest, LogLevel, Outcome, RetireReason, SandboxReport, SelfTestReport, SupervisorMsg,
     WorkerArgs, WorkerExit, WorkerMsg, MAX_FRAME_LEN,
 };
 
@@ -52,41 +52,33 @@ pub async fn run(args: WorkerArgs, mut report: SandboxReport) -> WorkerExit {
             return WorkerExit::Internal;
         }
     };
-    let init = match ch.inbox.recv().await {
-        Some(SupervisorMsg::Init(init)) => init,
+    let boot = match ch.inbox.recv().await {
+        Some(SupervisorMsg::Boot(boot)) => boot,
         Some(other) => {
-            let message = format!("expected Init, received {}", variant(&other));
+            let message = format!("expected Boot, received {}", variant(&other));
             return fail(ch, WorkerMsg::Fatal { message }, WorkerExit::Protocol).await;
         }
         None => return WorkerExit::Normal,
     };
-    let InitRequest {
-        function_id,
-        version: _,
-        code,
+    let BootRequest {
         memory_mb,
-        net,
-        secrets,
         ca_certs,
         logs,
         self_test,
-    } = init;
+    } = boot;
 
     let boot_started = Instant::now();
     let booted = Sandbox::boot(BootOptions {
-        function_id,
         memory_mb,
-        net,
         ca_certs,
         log_limits: logs,
-        log_tx: ch.logs.clone(),
+        outbox: ch.outbox.clone(),
         channel_fd: CHANNEL_FD,
     });
     let mut sandbox = match booted {
         Ok(sb) => sb,
         Err(e) => return fail(ch, WorkerMsg::InitFailed(e), WorkerExit::InitFailed).await,
     };
-    let boot_us = boot_started.elapsed().as_micros() as u64;
     let _ = interrupt_cell.set(sandbox.interrupt());
 
     // Deno has booted (its threads exist): the syscall filter goes on all of
@@ -103,20 +95,33 @@ pub async fn run(args: WorkerArgs, mut report: SandboxReport) -> WorkerExit {
         });
         return fail(ch, msg, WorkerExit::Normal).await;
     }
-    if let Err(message) = sandbox.set_secrets(&secrets) {
-        return fail(ch, WorkerMsg::Fatal { message }, WorkerExit::Internal).await;
-    }
+    // Idle memory of a pooled worker: give back what booting left behind.
+    sandbox.settle();
+    let _ = ch.outbox.send(WorkerMsg::Booted {
+        boot_us: boot_started.elapsed().as_micros() as u64,
+        sandbox: report,
+    });
 
+    // A pooled worker waits here, booted, for its function.
+    let load = match ch.inbox.recv().await {
+        Some(SupervisorMsg::Load(load)) => load,
+        Some(SupervisorMsg::Shutdown) | None => return WorkerExit::Normal,
+        Some(other) => {
+            let message = format!("expected Load, received {}", variant(&other));
+            return fail(ch, WorkerMsg::Fatal { message }, WorkerExit::Protocol).await;
+        }
+    };
     let init_started = Instant::now();
-    if let Err(e) = sandbox.load(code).await {
+    if let Err(e) = sandbox.assign(&load.function_id, &load.net, &load.secrets) {
+        return fail(ch, WorkerMsg::InitFailed(e), WorkerExit::InitFailed).await;
+    }
+    if let Err(e) = sandbox.load(load.code).await {
         return fail(ch, WorkerMsg::InitFailed(e), WorkerExit::InitFailed).await;
     }
     let init_us = init_started.elapsed().as_micros() as u64;
-    let _ = ch.outbox.send(WorkerMsg::Ready {
-        boot_us,
-        init_us,
-        sandbox: report,
-    });
+    let _ = ch.outbox.send(WorkerMsg::Ready { init_us });
+    // Garbage of the top-level code, before the worker waits for calls.
+    sandbox.settle();
 
     let exit = serve(&mut sandbox, &mut ch).await;
     // The print op holds a sender too: close it so the flush can finish.
@@ -138,7 +143,8 @@ async fn fail(mut ch: Channel, msg: WorkerMsg, exit: WorkerExit) -> WorkerExit {
 fn variant(msg: &SupervisorMsg) -> &'static str {
     match msg {
         SupervisorMsg::Hello { .. } => "Hello",
-        SupervisorMsg::Init(_) => "Init",
+        SupervisorMsg::Boot(_) => "Boot",
+        SupervisorMsg::Load(_) => "Load",
         SupervisorMsg::Invoke { .. } => "Invoke",
         SupervisorMsg::Cancel { .. } => "Cancel",
         SupervisorMsg::Shutdown => "Shutdown",
@@ -213,7 +219,7 @@ async fn serve(sandbox: &mut Sandbox, ch: &mut Channel) -> WorkerExit {
                     });
                 }
                 Event::LoopError(text) => {
-                    let _ = ch.logs.try_send(WorkerMsg::Log {
+                    ch.outbox.log(WorkerMsg::Log {
                         request_id: None,
                         level: LogLevel::Error,
                         text,

@@ -9,13 +9,12 @@ use std::time::Instant;
 use deno_error::JsErrorBox;
 use deno_runtime::deno_core::{self, op2, OpState};
 use fn_protocol::{LogLevel, WorkerMsg};
-use tokio::sync::mpsc::{error::TrySendError, Sender};
 
 use crate::logs::LogGate;
 
 /// Where the print op sends console lines; lives in the isolate's OpState.
 pub struct LogSink {
-    pub tx: Sender<WorkerMsg>,
+    pub tx: crate::channel::Outbox,
     pub gate: LogGate,
     /// Lines lost because the channel to the supervisor was full.
     pub overflowed: u64,
@@ -30,12 +29,10 @@ impl LogSink {
                 level,
                 text,
             };
-            match self.tx.try_send(msg) {
-                Ok(()) => {}
-                // Backpressure for console output is dropping it: a chatty
-                // function must not stall its own results or the supervisor.
-                Err(TrySendError::Full(_)) => self.overflowed += 1,
-                Err(TrySendError::Closed(_)) => {}
+            // Backpressure for console output is dropping it: a chatty
+            // function must not stall its own results or the supervisor.
+            if !self.tx.log(msg) {
+                self.overflowed += 1;
             }
         }
     }

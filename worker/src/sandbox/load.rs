@@ -31,9 +31,10 @@ impl Sandbox {
     /// Parses, compiles and evaluates the function's code, then finds its
     /// handler. Top-level code runs here, exactly once.
     pub async fn load(&mut self, code: String) -> Result<(), InitError> {
-        let is_script = check_syntax(&self.loader.main, &code)?;
+        let main = self.loader.main.borrow().clone();
+        let is_script = check_syntax(&main, &code)?;
         let found = if is_script {
-            let name: &'static str = Box::leak(self.loader.main.to_string().into_boxed_str());
+            let name: &'static str = Box::leak(main.to_string().into_boxed_str());
             self.interrupt.enter(Running::Call(TOP_LEVEL_ID));
             let result = self.worker.execute_script(name, code.into());
             let terminated = self.interrupt.exit();
@@ -46,7 +47,6 @@ impl Sandbox {
             Some(pick)
         } else {
             *self.loader.code.borrow_mut() = Some(code);
-            let main = self.loader.main.clone();
             let id = match self.worker.preload_main_module(&main).await {
                 Ok(id) => id,
                 Err(e) => return Err(self.module_error(e.to_string())),

@@ -12,7 +12,7 @@ use deno_runtime::deno_core::{
 };
 
 pub struct Loader {
-    pub main: ModuleSpecifier,
+    pub main: RefCell<ModuleSpecifier>,
     pub code: RefCell<Option<String>>,
     /// The first refused import, for the deploy error; later ones only fail
     /// their own `import()` (a loop of refused imports must not grow memory).
@@ -22,7 +22,7 @@ pub struct Loader {
 impl Loader {
     pub fn new(main: ModuleSpecifier) -> Self {
         Self {
-            main,
+            main: RefCell::new(main),
             code: RefCell::new(None),
             first_refused: RefCell::new(None),
         }
@@ -40,8 +40,9 @@ impl ModuleLoader for Loader {
         referrer: &str,
         _kind: ResolutionKind,
     ) -> ModuleResolveResponse {
-        if specifier == self.main.as_str() {
-            return Ok(self.main.clone());
+        let main = self.main.borrow();
+        if specifier == main.as_str() {
+            return Ok(main.clone());
         }
         let target = deno_core::resolve_import(specifier, referrer)
             .map(|u| u.to_string())
@@ -56,7 +57,7 @@ impl ModuleLoader for Loader {
         _referrer: Option<&ModuleLoadReferrer>,
         _options: ModuleLoadOptions,
     ) -> ModuleLoadResponse {
-        if *specifier != self.main {
+        if *specifier != *self.main.borrow() {
             let mut name = specifier
                 .as_str()
                 .strip_prefix("blocked:")

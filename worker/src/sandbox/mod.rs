@@ -22,10 +22,9 @@ use deno_runtime::deno_io::{Stdio, StdioPipe};
 use deno_runtime::deno_tls::{rustls::RootCertStore, RootCertStoreProvider};
 use deno_runtime::worker::{MainWorker, WorkerOptions, WorkerServiceOptions};
 use deno_runtime::{BootstrapOptions, FeatureChecker, WorkerExecutionMode};
-use fn_protocol::{InitError, InitErrorKind, LogLimits, NetPolicy, WorkerMsg};
+use fn_protocol::{InitError, InitErrorKind, LogLimits, NetPolicy};
 use futures::future::AbortHandle;
 use futures::stream::FuturesUnordered;
-use tokio::sync::mpsc::Sender;
 
 use crate::interrupt::Interrupt;
 use crate::logs::LogGate;
@@ -64,12 +63,10 @@ pub struct Sandbox {
 }
 
 pub struct BootOptions {
-    pub function_id: String,
     pub memory_mb: u32,
-    pub net: NetPolicy,
     pub ca_certs: Vec<String>,
     pub log_limits: LogLimits,
-    pub log_tx: Sender<WorkerMsg>,
+    pub outbox: crate::channel::Outbox,
     /// The protocol socket, registered so user code cannot adopt it.
     pub channel_fd: i32,
 }
@@ -134,7 +131,9 @@ impl Sandbox {
         if unknown.len() > 1 {
             eprintln!("fn-worker: V8 ignored flags {:?}", &unknown[1..]);
         }
-        let main = ModuleSpecifier::parse(&format!("file:///functions/{}.js", opts.function_id))
+        // The runtime boots before it knows its function (pooled workers);
+        // `assign` names the real module.
+        let main = ModuleSpecifier::parse("file:///functions/function.js")
             .map_err(|e| internal(e.to_string()))?;
         let loader = Rc::new(loader::Loader::new(main.clone()));
         let services = WorkerServiceOptions::<
@@ -150,7 +149,12 @@ impl Sandbox {
             module_loader: loader.clone(),
             node_services: None,
             npm_process_state_provider: None,
-            permissions: net::permissions(&opts.net).map_err(internal)?,
+            // Nothing reaches the network until `assign` sets the policy.
+            permissions: net::permissions(&NetPolicy {
+                allow_hosts: Some(vec![]),
+                deny: vec![],
+            })
+            .map_err(internal)?,
             root_cert_store_provider: root_store(&opts.ca_certs).map_err(internal)?,
             fetch_dns_resolver: Default::default(),
             shared_array_buffer_store: None,
@@ -229,7 +233,7 @@ impl Sandbox {
             let state = worker.js_runtime.op_state();
             let mut state = state.borrow_mut();
             state.put(ext::LogSink {
-                tx: opts.log_tx,
+                tx: opts.outbox,
                 gate: LogGate::new(opts.log_limits),
                 overflowed: 0,
             });
@@ -276,6 +280,39 @@ impl Sandbox {
 
     pub fn interrupt(&self) -> Arc<Interrupt> {
         self.interrupt.clone()
+    }
+
+    /// Gives the booted runtime its function: module name, egress policy and
+    /// secrets. Runs before any user code.
+    pub fn assign(
+        &mut self,
+        function_id: &str,
+        net: &NetPolicy,
+        secrets: &[(String, String)],
+    ) -> Result<(), InitError> {
+        let main = ModuleSpecifier::parse(&format!("file:///functions/{function_id}.js"))
+            .map_err(|e| internal(e.to_string()))?;
+        *self.loader.main.borrow_mut() = main;
+        let permissions = net::permissions(net).map_err(internal)?;
+        {
+            let state = self.worker.js_runtime.op_state();
+            let mut state = state.borrow_mut();
+            state.put(permissions);
+            // A fetch client made earlier would hold the old permissions.
+            let _ = state.try_take::<deno_runtime::deno_fetch::Client>();
+        }
+        self.set_secrets(secrets).map_err(internal)
+    }
+
+    /// A full GC, then malloc returns its free pages: an idle worker holds
+    /// as little private memory as possible.
+    pub fn settle(&mut self) {
+        self.worker
+            .js_runtime
+            .v8_isolate()
+            .low_memory_notification();
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
     }
 
     /// Replaces `ctx.secrets` for invocations that start from now on.
