@@ -293,12 +293,30 @@ impl WorkerCgroup {
     /// Removes the directories. Call it after the worker has been reaped; it retries for up to a
     /// second while the kernel still counts the exited process, so from async code run it on a
     /// blocking thread.
-    pub fn remove(self) {
-        for dir in self.dirs {
-            drop(dir.procs);
-            if !remove_tree(&dir.path, true) {
-                tracing::warn!(path = %dir.path.display(), "could not remove worker cgroup");
-            }
+    pub fn remove(mut self) {
+        remove_dirs(std::mem::take(&mut self.dirs));
+    }
+}
+
+fn remove_dirs(dirs: Vec<WorkerDir>) {
+    for dir in dirs {
+        drop(dir.procs);
+        if !remove_tree(&dir.path, true) {
+            tracing::warn!(path = %dir.path.display(), "could not remove worker cgroup");
+        }
+    }
+}
+
+/// A cgroup nobody removed explicitly (a pooled worker dropped, a failed
+/// start) is removed on a short-lived thread, since removal may have to
+/// wait for the kernel to let go of the exited process.
+impl Drop for WorkerCgroup {
+    fn drop(&mut self) {
+        let dirs = std::mem::take(&mut self.dirs);
+        if !dirs.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("fn-cgroup-rm".into())
+                .spawn(move || remove_dirs(dirs));
         }
     }
 }

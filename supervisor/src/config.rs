@@ -72,6 +72,16 @@ pub struct Config {
     pub max_backoff_s: u64,
     /// Workers started at once when restoring stored functions.
     pub restore_parallelism: u32,
+    /// Stop the worker of a function not invoked for this long (0: never);
+    /// its next invocation starts one (a cold start).
+    pub idle_evict_s: u64,
+    /// At start-up, this many stored functions get a worker at once; the
+    /// rest start at their first invocation.
+    pub restore_warm_max: u32,
+    /// Booted workers kept waiting for deploys and cold starts (0: none).
+    pub pool_size: u32,
+    /// How far the pool grows when demand outruns it.
+    pub pool_max: u32,
     pub console_bytes_per_invocation: u32,
     pub console_lines_per_invocation: u32,
     pub console_lines_per_second: u32,
@@ -114,7 +124,12 @@ impl Default for Config {
             admin_token: None,
             invoke_token: None,
             insecure_no_auth: false,
-            open_paths: vec!["/healthz".into(), "/readyz".into(), "/metrics".into()],
+            open_paths: vec![
+                "/healthz".into(),
+                "/readyz".into(),
+                "/metrics".into(),
+                "/openapi.json".into(),
+            ],
             default_timeout_ms: 30_000,
             max_timeout_ms: 15 * 60 * 1000,
             max_body_bytes: 6 * 1024 * 1024,
@@ -137,6 +152,10 @@ impl Default for Config {
             backoff_base_ms: 1_000,
             max_backoff_s: 30,
             restore_parallelism: 4,
+            idle_evict_s: 900,
+            restore_warm_max: 100,
+            pool_size: 2,
+            pool_max: 8,
             console_bytes_per_invocation: 1 << 20,
             console_lines_per_invocation: 10_000,
             console_lines_per_second: 5_000,

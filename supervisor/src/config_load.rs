@@ -114,6 +114,19 @@ const DOCS: &[(&str, &str)] = &[
         "Longest backoff between restarts of a crash-looping function",
     ),
     (
+        "idle_evict_s",
+        "Stop the worker of a function idle this long (0: never)",
+    ),
+    (
+        "restore_warm_max",
+        "Stored functions that get a worker at start-up (the rest start when invoked)",
+    ),
+    (
+        "pool_size",
+        "Booted workers kept waiting for deploys and cold starts (0: none)",
+    ),
+    ("pool_max", "How far the pool grows when demand outruns it"),
+    (
         "restore_parallelism",
         "Workers started at once when restoring stored functions",
     ),

@@ -5,7 +5,38 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fn_protocol::{InitError, InitErrorKind, JsErrorInfo};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+/// The body of every error response, as the API documents it (`ErrorBody`
+/// in the OpenAPI document). [`ApiError::into_response`] builds it; a test
+/// holds every variant's body to this shape.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    pub error: String,
+    /// Code that cannot be loaded (400 from a deploy): `syntax`,
+    /// `no_handler`, `import`, `top_level`, `internal`, `exit` or
+    /// `memory_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub kind: Option<String>,
+    /// 1-based line of a load failure in the submitted source, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub line: Option<u32>,
+    /// 1-based column of a load failure, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub column: Option<u32>,
+    /// The name of the error a function threw (500 from an invocation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub name: Option<String>,
+    /// The stack of the error a function threw, `null` when it has none.
+    #[serde(default)]
+    pub stack: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -160,6 +191,69 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every variant's body has the documented `ErrorBody` shape.
+    #[test]
+    fn every_error_body_is_an_error_body() {
+        let js = JsErrorInfo {
+            name: "TypeError".into(),
+            message: "boom".into(),
+            stack: None,
+        };
+        let init = InitError {
+            kind: InitErrorKind::Syntax,
+            message: "bad".into(),
+            line: Some(1),
+            column: Some(2),
+        };
+        let all = [
+            ApiError::BadRequest("x".into()),
+            ApiError::NotFound("f".into()),
+            ApiError::NoRoute("GET /x".into()),
+            ApiError::Missing("x".into()),
+            ApiError::MethodNotAllowed,
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::BadCode(init),
+            ApiError::FunctionFailed(js),
+            ApiError::WorkerDied("x".into()),
+            ApiError::MemoryLimit(64),
+            ApiError::Recycled,
+            ApiError::Deleted("f".into()),
+            ApiError::Unauthorized,
+            ApiError::Forbidden {
+                have: "invoke",
+                need: "admin",
+                what: "x".into(),
+            },
+            ApiError::BodyTimeout(1),
+            ApiError::TooManyRequests {
+                message: "x".into(),
+                retry_after_s: 1,
+            },
+            ApiError::Conflict("x".into()),
+            ApiError::ShuttingDown,
+            ApiError::NotReady,
+            ApiError::Unavailable {
+                id: "f".into(),
+                reason: "x".into(),
+                retry_after_s: 1,
+            },
+            ApiError::Timeout("1s".into()),
+            ApiError::Internal("x".into()),
+        ];
+        let schema = serde_json::to_value(<ErrorBody as utoipa::PartialSchema>::schema())
+            .expect("schema serializes");
+        let documented = schema["properties"].as_object().expect("properties");
+        for e in all {
+            let body = e.body();
+            let parsed: ErrorBody = serde_json::from_value(body.clone())
+                .unwrap_or_else(|err| panic!("{e:?}: {body} is not an ErrorBody: {err}"));
+            assert_eq!(parsed.error, e.to_string());
+            for key in body.as_object().expect("an object").keys() {
+                assert!(documented.contains_key(key), "{e:?}: undocumented {key}");
+            }
+        }
+    }
 
     #[test]
     fn timeout_seconds_are_formatted_like_the_seed() {

@@ -14,7 +14,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::hooks::Hook;
 use crate::logs::{FunctionLogs, LogEntry};
-use crate::process::{self, ExitInfo, Finished, InvokeError, ProcState, Started, WorkerProcess};
+use crate::process::{ExitInfo, Finished, InvokeError, ProcState, Started, WorkerProcess};
 use crate::redact::Redactor;
 use crate::spawner::Spawner;
 
@@ -87,6 +87,9 @@ impl Shared {
 /// Where the function's worker is in its life.
 #[derive(Clone)]
 pub enum Slot {
+    /// Evicted after being idle (or restored lazily): the next invocation
+    /// starts a worker.
+    Idle,
     Starting,
     Ready(Arc<WorkerProcess>),
     /// Crash loop: no restart before `until`.
@@ -113,6 +116,8 @@ pub struct RestartPolicy {
     pub backoff_base: Duration,
     pub max_backoff: Duration,
     pub kill_grace: Duration,
+    /// Stop a worker nobody invoked for this long (`None`: never).
+    pub idle_evict: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +161,26 @@ pub struct Function {
     stop: watch::Sender<StopMode>,
     done: watch::Sender<bool>,
     deleted: AtomicBool,
+    /// Wakes the monitor of an idle function.
+    wake: tokio::sync::Notify,
+    last_used: std::sync::Mutex<Instant>,
+}
+
+/// What ended a worker's watch in the monitor.
+enum Next {
+    Exited,
+    Stop(StopMode),
+    Idle,
+}
+
+/// How a new version's worker comes up.
+pub enum Launch {
+    /// Already started (a deploy waits for readiness itself).
+    Started(Started),
+    /// Start one now.
+    Now,
+    /// Start one at the first invocation.
+    Idle,
 }
 
 impl Function {
@@ -165,11 +190,12 @@ impl Function {
         shared: Arc<Shared>,
         spawner: Arc<Spawner>,
         policy: RestartPolicy,
-        started: Option<Started>,
+        start: Launch,
     ) -> Arc<Self> {
-        let initial = match &started {
-            Some(s) => Slot::Ready(s.process.clone()),
-            None => Slot::Starting,
+        let initial = match &start {
+            Launch::Started(s) => Slot::Ready(s.process.clone()),
+            Launch::Now => Slot::Starting,
+            Launch::Idle => Slot::Idle,
         };
         let function = Arc::new(Self {
             def,
@@ -180,6 +206,8 @@ impl Function {
             stop: watch::channel(StopMode::Running).0,
             done: watch::channel(false).0,
             deleted: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            last_used: std::sync::Mutex::new(Instant::now()),
         });
         // A root span: the monitor outlives the request that deployed it.
         let span = tracing::info_span!(
@@ -188,8 +216,13 @@ impl Function {
             id = %function.def.id,
             version = function.def.version
         );
-        tokio::spawn(function.clone().monitor(started).instrument(span));
+        tokio::spawn(function.clone().monitor(start).instrument(span));
         function
+    }
+
+    /// Whether the next invocation has to start a worker first.
+    pub fn is_idle(&self) -> bool {
+        matches!(*self.slot.borrow(), Slot::Idle)
     }
 
     pub fn id(&self) -> &str {
@@ -212,6 +245,7 @@ impl Function {
     /// also covers waiting for a restarting worker. An invocation that never
     /// reached a worker waits for the replacement instead of failing.
     pub async fn call(&self, payload: Vec<u8>, opts: CallOptions) -> Result<Finished, CallError> {
+        self.touch();
         loop {
             let worker = self.ready_worker(opts.deadline).await?;
             let result = worker
@@ -247,6 +281,17 @@ impl Function {
                 Ok(finished) => Ok(finished),
             };
         }
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     async fn wait_replaced(
@@ -296,6 +341,7 @@ impl Function {
                     })
                 }
                 Slot::Stopped => return Err(self.stopped_error()),
+                Slot::Idle => self.wake.notify_one(),
                 // Starting, or ready but dying/retiring: the monitor is on it.
                 Slot::Starting | Slot::Ready(_) => {}
             }
@@ -331,24 +377,45 @@ impl Function {
         *self.stop.borrow()
     }
 
-    async fn monitor(self: Arc<Self>, started: Option<Started>) {
+    async fn monitor(self: Arc<Self>, start: Launch) {
         let mut stop = self.stop.subscribe();
-        let mut current = started.map(|s| s.process);
+        let (mut current, mut idle) = match start {
+            Launch::Started(s) => (Some(s.process), false),
+            Launch::Now => (None, false),
+            Launch::Idle => (None, true),
+        };
         let mut crashes: VecDeque<Instant> = VecDeque::new();
         'life: loop {
+            if idle {
+                // No worker until someone invokes the function.
+                tokio::select! {
+                    _ = self.wake.notified() => idle = false,
+                    _ = stop.wait_for(|m| *m != StopMode::Running) => break 'life,
+                }
+                self.shared.metrics.worker_start(&self.def.id, "cold");
+            }
             if let Some(process) = current.take() {
-                let stopped = tokio::select! {
+                let next = tokio::select! {
                     info = process.exited() => {
                         self.worker_exited(&process, info);
-                        None
+                        Next::Exited
                     }
                     mode = stop.wait_for(|m| *m != StopMode::Running) => {
-                        Some(mode.map(|m| *m).unwrap_or(StopMode::Kill))
+                        Next::Stop(mode.map(|m| *m).unwrap_or(StopMode::Kill))
                     }
+                    _ = self.until_idle(&process) => Next::Idle,
                 };
-                if let Some(mode) = stopped {
-                    self.retire(process, mode, &mut stop).await;
-                    break 'life;
+                match next {
+                    Next::Exited => {}
+                    Next::Stop(mode) => {
+                        self.retire(process, mode, &mut stop).await;
+                        break 'life;
+                    }
+                    Next::Idle => {
+                        self.evict(&process).await;
+                        idle = true;
+                        continue 'life;
+                    }
                 }
                 let now = Instant::now();
                 crashes.push_back(now);
@@ -382,21 +449,13 @@ impl Function {
                 }
             }
             self.slot.send_replace(Slot::Starting);
-            let spec = self.spawner.spec(&self.def, self.shared.secrets());
-            let attempt = async {
-                match spec {
-                    Ok(spec) => {
-                        process::start(
-                            &spec,
-                            self.policy.kill_grace,
-                            self.shared.redactor.clone(),
-                            self.shared.logs.clone(),
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
-            };
+            let attempt = self.spawner.start(
+                &self.def,
+                self.shared.secrets(),
+                self.policy.kill_grace,
+                self.shared.redactor.clone(),
+                self.shared.logs.clone(),
+            );
             let attempt = tokio::select! {
                 r = attempt => Some(r),
                 _ = stop.wait_for(|m| *m != StopMode::Running) => None,
@@ -463,6 +522,42 @@ impl Function {
         };
         warn!(pid = process.pid, %info, "worker exited unexpectedly");
         self.shared.logs.lifecycle("warn", what);
+    }
+
+    /// Resolves once the worker has been unused for the eviction period
+    /// (never, when eviction is off).
+    async fn until_idle(&self, process: &WorkerProcess) {
+        let Some(limit) = self.policy.idle_evict else {
+            return std::future::pending().await;
+        };
+        loop {
+            let idle = self.idle_for();
+            if idle >= limit && process.in_flight() == 0 {
+                return;
+            }
+            let wait = limit.saturating_sub(idle).max(Duration::from_millis(200));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Stops an idle worker; the definition stays and the next invocation
+    /// starts a new one (a cold start).
+    async fn evict(&self, process: &Arc<WorkerProcess>) {
+        self.slot.send_replace(Slot::Idle);
+        process.shutdown();
+        if tokio::time::timeout(self.policy.kill_grace, process.exited())
+            .await
+            .is_err()
+        {
+            process.kill();
+            process.exited().await;
+        }
+        self.shared.metrics.worker_exit(&self.def.id, "idle");
+        self.shared.logs.lifecycle(
+            "info",
+            format!("worker {} stopped after being idle", process.pid),
+        );
+        info!(pid = process.pid, "idle worker evicted");
     }
 
     fn backoff_delay(&self, recent_crashes: u32) -> Duration {

@@ -71,6 +71,19 @@ impl Hook {
     }
 }
 
+/// A hook name, as the API spells it (`Hook` in the OpenAPI document).
+impl utoipa::PartialSchema for Hook {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(Hook::ALL.iter().map(|h| h.name())))
+            .description(Some("A provisioning lifecycle hook."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Hook {}
+
 /// Context paths whose values are secrets: never logged, never recorded.
 const SECRET_PATHS: &[&str] = &["credentials.password"];
 
@@ -114,7 +127,7 @@ fn redacted_context(context: &Value, patterns: &[String]) -> Value {
 }
 
 /// One function's run within an activation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionRun {
     pub activation_id: String,
     pub hook: String,
@@ -132,7 +145,9 @@ pub struct FunctionRun {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One firing of a hook: its context (secrets redacted) and every
+/// subscribed function's run.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Activation {
     pub activation_id: String,
     pub hook: String,
@@ -141,6 +156,7 @@ pub struct Activation {
     pub started_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at_ms: Option<u64>,
+    #[schema(value_type = Object)]
     pub context: Value,
     pub warnings: Vec<String>,
     pub results: Vec<FunctionRun>,

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod boot;
 pub mod cgroup;
 pub mod config;
 pub mod config_load;
@@ -12,6 +13,7 @@ pub mod function;
 pub mod hooks;
 pub mod logs;
 pub mod metrics;
+pub mod openapi;
 pub mod process;
 pub mod redact;
 pub mod registry;
@@ -122,6 +124,12 @@ pub async fn run_with(
     let store = StoreHandle::spawn(Box::new(store))?;
 
     let spawner = Arc::new(build_spawner(&config, worker_bin)?);
+    let pool = spawner.pool.clone();
+    let boot_spawner = spawner.clone();
+    let pool_task = tokio::spawn(
+        pool.clone()
+            .run(move || boot_spawner.boot_spec(boot_spawner.pool.memory_mb())),
+    );
     let forbidden = config.data_dir.join(store::DB_FILE);
     let sandbox = spawner
         .self_test(&forbidden, config.insecure_allow_degraded_sandbox)
@@ -148,6 +156,7 @@ pub async fn run_with(
             backoff_base: Duration::from_millis(config.backoff_base_ms),
             max_backoff: Duration::from_secs(config.max_backoff_s),
             kill_grace: config.kill_grace(),
+            idle_evict: (config.idle_evict_s > 0).then(|| Duration::from_secs(config.idle_evict_s)),
         },
         operator_net,
         supervisor_addrs,
@@ -157,6 +166,7 @@ pub async fn run_with(
         background_hooks: Arc::new(Semaphore::new(64)),
         ready: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
+        stopping: tokio::sync::watch::channel(false).0,
         sandbox,
         started: Instant::now(),
         config,
@@ -210,6 +220,7 @@ pub async fn run_with(
     let shutdown = async move {
         shutdown.await;
         flag.shutting_down.store(true, Ordering::SeqCst);
+        flag.stopping.send_replace(true);
         if let Some(stopping) = stopping {
             stopping();
         }
@@ -242,6 +253,8 @@ pub async fn run_with(
             .map(|f| async move { f.stop(StopMode::Kill).await })
     }))
     .await;
+    pool_task.abort();
+    pool.clear();
     if let Some(cg) = &spawner.cgroups {
         cg.remove();
     }
@@ -307,6 +320,11 @@ fn build_spawner(config: &Config, worker_bin: std::path::PathBuf) -> Result<Spaw
         memory_overhead_mb: config.cgroup_memory_overhead_mb,
         ca_certs,
         log_limits: config.log_limits(),
+        pool: Arc::new(boot::Pool::new(
+            config.default_memory_mb,
+            config.pool_size as usize,
+            config.pool_max as usize,
+        )),
     }))
 }
 

@@ -15,7 +15,7 @@ use tracing::info;
 use crate::redact::escape_log_text;
 
 /// One console line as kept with an invocation (activation records).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEntry {
     pub level: String,
     pub text: String,
@@ -31,7 +31,7 @@ impl LogEntry {
 }
 
 /// One line of a function's log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub ts_ms: u64,
     /// `console` or `lifecycle`.
@@ -56,7 +56,7 @@ struct Ring {
     bytes: usize,
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

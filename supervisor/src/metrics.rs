@@ -343,8 +343,8 @@ pub const OUTCOMES: [&str; 9] = [
     "recycled",
     "deleted",
 ];
-pub const REASONS: [&str; 7] = [
-    "deploy", "restart", "restore", "rollback", "crash", "memory", "runaway",
+pub const REASONS: [&str; 9] = [
+    "deploy", "restart", "restore", "rollback", "cold", "crash", "memory", "runaway", "idle",
 ];
 
 #[cfg(test)]

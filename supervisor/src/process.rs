@@ -10,39 +10,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fn_protocol::{
-    FrameCodec, InitError, InitRequest, InvokeContext, LogLevel, Outcome, ProtocolError,
-    RetireReason, SandboxReport, SelfTestReport, SupervisorMsg, WorkerExit, WorkerMsg,
-    PROTOCOL_VERSION,
+    FrameCodec, InitError, InvokeContext, LogLevel, Outcome, ProtocolError, RetireReason,
+    SandboxReport, SupervisorMsg, WorkerExit, WorkerMsg,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::process::Child;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::codec::Framed;
 use tracing::{debug, warn, Instrument};
 
 use crate::cgroup::WorkerCgroup;
 use crate::logs::{FunctionLogs, LogEntry};
 use crate::redact::Redactor;
-use crate::spawn::{self, Spawned};
+use crate::spawn;
 
-type WorkerFramed = Framed<tokio::net::UnixStream, FrameCodec<WorkerMsg, SupervisorMsg>>;
+pub(crate) type WorkerFramed = Framed<tokio::net::UnixStream, FrameCodec<WorkerMsg, SupervisorMsg>>;
 
-/// Messages queued for one worker; when full, callers wait (backpressure).
-const OUTGOING: usize = 256;
+type WorkerSink = futures::stream::SplitSink<WorkerFramed, SupervisorMsg>;
 
 /// Console output kept per invocation for the caller (hooks record it).
 pub const MAX_CAPTURED_LOG_BYTES: usize = 64 * 1024;
-
-/// What to start.
-#[derive(Clone)]
-pub struct SpawnSpec {
-    pub worker_bin: std::path::PathBuf,
-    pub args: fn_protocol::WorkerArgs,
-    pub init: InitRequest,
-    /// Budget for boot plus the function's top-level code.
-    pub ready_timeout: Duration,
-    pub cgroup: Option<Arc<WorkerCgroup>>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -161,7 +148,9 @@ pub struct WorkerProcess {
     pub pid: u32,
     pidfd: OwnedFd,
     function_id: String,
-    tx: mpsc::Sender<SupervisorMsg>,
+    /// Written by callers directly (no hop through another task); `None`
+    /// once the channel is closed, so a late send fails at once.
+    writer: tokio::sync::Mutex<Option<WorkerSink>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     state: watch::Sender<ProcState>,
@@ -174,220 +163,63 @@ pub struct Started {
     pub process: Arc<WorkerProcess>,
     pub boot_us: u64,
     pub init_us: u64,
+    /// From asking for a worker to the function being ready.
     pub ready: Duration,
     pub sandbox: SandboxReport,
+    /// The worker came booted from the pool.
+    pub pooled: bool,
 }
 
-/// Spawns a worker and waits until it has loaded the function.
-pub async fn start(
-    spec: &SpawnSpec,
-    kill_grace: Duration,
-    redactor: Arc<Redactor>,
-    logs: Arc<FunctionLogs>,
-) -> Result<Started, StartError> {
-    let started = Instant::now();
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn)?;
-    let Spawned {
-        mut child,
+/// A worker process and its channel, before it serves a function.
+pub(crate) struct Conn {
+    pub framed: WorkerFramed,
+    pub child: Child,
+    pub pid: u32,
+    pub pidfd: OwnedFd,
+    pub cgroup: Option<Arc<WorkerCgroup>>,
+}
+
+/// What a started worker reports to: its function's logs and secrets.
+#[derive(Clone)]
+pub struct Owner {
+    pub kill_grace: Duration,
+    pub redactor: Arc<Redactor>,
+    pub logs: Arc<FunctionLogs>,
+}
+
+/// Wraps a worker that just became ready and starts moving its frames.
+pub(crate) fn serve(
+    conn: Conn,
+    function_id: &str,
+    owner: Owner,
+    span: tracing::Span,
+) -> Arc<WorkerProcess> {
+    let Conn {
+        framed,
+        child,
         pid,
         pidfd,
-    } = spawn::spawn_worker(&spec.worker_bin, &theirs, &spec.args, spec.cgroup.clone())
-        .map_err(StartError::Spawn)?;
-    drop(theirs);
-    let span = tracing::info_span!(
-        parent: None,
-        "worker",
-        function = %spec.init.function_id,
-        version = spec.init.version,
-        pid
-    );
-    spawn::forward_stdio(&mut child, span.clone());
-
-    let framed = async {
-        ours.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(ours)?;
-        Ok::<_, std::io::Error>(Framed::new(
-            stream,
-            FrameCodec::<WorkerMsg, SupervisorMsg>::default(),
-        ))
-    };
-    let mut framed = match framed.await {
-        Ok(f) => f,
-        Err(e) => {
-            spawn::kill(&pidfd);
-            let _ = child.wait().await;
-            return Err(StartError::Spawn(e));
-        }
-    };
-    let handshake = handshake(&mut framed, &spec.init, &logs);
-    let outcome =
-        tokio::time::timeout(spec.ready_timeout, handshake.instrument(span.clone())).await;
-    let ready = match outcome {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            spawn::kill(&pidfd);
-            let status = child.wait().await;
-            return Err(match e {
-                StartError::Exited(_) => {
-                    StartError::Exited(exit_info(status.ok(), spec.cgroup.as_deref()))
-                }
-                other => other,
-            });
-        }
-        Err(_) => {
-            spawn::kill(&pidfd);
-            let _ = child.wait().await;
-            return Err(StartError::Timeout(spec.ready_timeout));
-        }
-    };
-    let (boot_us, init_us, mut sandbox) = match ready {
-        Handshake::Ready {
-            boot_us,
-            init_us,
-            sandbox,
-        } => (boot_us, init_us, sandbox),
-        Handshake::SelfTest(_) => {
-            spawn::kill(&pidfd);
-            let _ = child.wait().await;
-            return Err(StartError::Sandbox("unexpected self-test report".into()));
-        }
-    };
-    if let Some(cg) = &spec.cgroup {
-        sandbox.set(
-            fn_protocol::Layer::Cgroup,
-            fn_protocol::LayerState::Active(format!("{}", cg.paths().count())),
-        );
-    }
-
-    let (tx, rx) = mpsc::channel(OUTGOING);
+        cgroup,
+    } = conn;
+    let (sink, frames) = framed.split();
     let (state, _) = watch::channel(ProcState::Running);
     let process = Arc::new(WorkerProcess {
         pid,
         pidfd,
-        function_id: spec.init.function_id.clone(),
-        tx,
+        function_id: function_id.to_owned(),
+        writer: tokio::sync::Mutex::new(Some(sink)),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         state,
-        kill_grace,
-        redactor,
-        logs,
+        kill_grace: owner.kill_grace,
+        redactor: owner.redactor,
+        logs: owner.logs,
     });
-    tokio::spawn(pump(framed, rx, process.clone(), child, spec.cgroup.clone()).instrument(span));
-    Ok(Started {
-        process,
-        boot_us,
-        init_us,
-        ready: started.elapsed(),
-        sandbox,
-    })
+    tokio::spawn(pump(frames, process.clone(), child, cgroup).instrument(span));
+    process
 }
 
-/// Spawns a worker in self-test mode and returns what it reported.
-pub async fn self_test(spec: &SpawnSpec) -> Result<SelfTestReport, StartError> {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn)?;
-    let Spawned {
-        mut child, pidfd, ..
-    } = spawn::spawn_worker(&spec.worker_bin, &theirs, &spec.args, spec.cgroup.clone())
-        .map_err(StartError::Spawn)?;
-    drop(theirs);
-    spawn::forward_stdio(&mut child, tracing::info_span!("sandbox-self-test"));
-    ours.set_nonblocking(true).map_err(StartError::Spawn)?;
-    let stream = tokio::net::UnixStream::from_std(ours).map_err(StartError::Spawn)?;
-    let mut framed = Framed::new(stream, FrameCodec::<WorkerMsg, SupervisorMsg>::default());
-    let logs = Arc::new(FunctionLogs::new(16, 4096));
-    let result = tokio::time::timeout(
-        spec.ready_timeout,
-        handshake(&mut framed, &spec.init, &logs),
-    )
-    .await;
-    drop(framed);
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-    if status.is_err() {
-        spawn::kill(&pidfd);
-        let _ = child.wait().await;
-    }
-    match result {
-        Ok(Ok(Handshake::SelfTest(report))) => Ok(report),
-        Ok(Ok(Handshake::Ready { .. })) => Err(StartError::Sandbox("no self-test report".into())),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(StartError::Timeout(spec.ready_timeout)),
-    }
-}
-
-enum Handshake {
-    Ready {
-        boot_us: u64,
-        init_us: u64,
-        sandbox: SandboxReport,
-    },
-    SelfTest(SelfTestReport),
-}
-
-async fn handshake(
-    framed: &mut WorkerFramed,
-    init: &InitRequest,
-    logs: &FunctionLogs,
-) -> Result<Handshake, StartError> {
-    framed
-        .send(SupervisorMsg::Hello {
-            version: PROTOCOL_VERSION,
-        })
-        .await?;
-    framed.send(SupervisorMsg::Init(init.clone())).await?;
-    match framed.next().await.transpose()? {
-        Some(WorkerMsg::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
-        Some(WorkerMsg::Hello { version, .. }) => {
-            return Err(ProtocolError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: version,
-            }
-            .into())
-        }
-        Some(other) => {
-            return Err(ProtocolError::Unexpected {
-                expected: "Hello",
-                received: variant(&other).into(),
-            }
-            .into())
-        }
-        None => return Err(StartError::Exited(ExitInfo::Unknown)),
-    }
-    loop {
-        match framed.next().await.transpose()? {
-            Some(WorkerMsg::Ready {
-                boot_us,
-                init_us,
-                sandbox,
-            }) => {
-                return Ok(Handshake::Ready {
-                    boot_us,
-                    init_us,
-                    sandbox,
-                })
-            }
-            Some(WorkerMsg::SelfTest(report)) => return Ok(Handshake::SelfTest(report)),
-            Some(WorkerMsg::InitFailed(e)) => return Err(StartError::Init(e)),
-            Some(WorkerMsg::Log { level, text, .. }) => logs.console(None, level, &text),
-            Some(WorkerMsg::Fatal { message }) => {
-                warn!(%message, "worker fatal error during start-up");
-                if message.starts_with("sandbox:") {
-                    return Err(StartError::Sandbox(message));
-                }
-            }
-            Some(other) => {
-                return Err(ProtocolError::Unexpected {
-                    expected: "Ready",
-                    received: variant(&other).into(),
-                }
-                .into())
-            }
-            None => return Err(StartError::Exited(ExitInfo::Unknown)),
-        }
-    }
-}
-
-fn variant(msg: &WorkerMsg) -> &'static str {
+pub(crate) fn variant(msg: &WorkerMsg) -> &'static str {
     match msg {
         WorkerMsg::Hello { .. } => "Hello",
         WorkerMsg::Ready { .. } => "Ready",
@@ -398,10 +230,14 @@ fn variant(msg: &WorkerMsg) -> &'static str {
         WorkerMsg::SelfTest(_) => "SelfTest",
         WorkerMsg::Retiring { .. } => "Retiring",
         WorkerMsg::Accepted { .. } => "Accepted",
+        WorkerMsg::Booted { .. } => "Booted",
     }
 }
 
-fn exit_info(status: Option<std::process::ExitStatus>, cgroup: Option<&WorkerCgroup>) -> ExitInfo {
+pub(crate) fn exit_info(
+    status: Option<std::process::ExitStatus>,
+    cgroup: Option<&WorkerCgroup>,
+) -> ExitInfo {
     use std::os::unix::process::ExitStatusExt;
     if cgroup.is_some_and(|c| c.oom_kills() > 0) {
         return ExitInfo::OomKilled;
@@ -416,50 +252,28 @@ fn exit_info(status: Option<std::process::ExitStatus>, cgroup: Option<&WorkerCgr
     }
 }
 
-/// Moves frames between the channel and the pending map until either side
-/// closes; then reaps the child and settles every invocation it held.
+/// Reads the worker's frames until the channel closes; then reaps the child
+/// and settles every invocation it held.
 async fn pump(
-    framed: WorkerFramed,
-    mut rx: mpsc::Receiver<SupervisorMsg>,
+    mut frames: futures::stream::SplitStream<WorkerFramed>,
     process: Arc<WorkerProcess>,
     mut child: Child,
     cgroup: Option<Arc<WorkerCgroup>>,
 ) {
-    let (mut sink, mut frames) = framed.split();
     loop {
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(msg) = msg else { break };
-                let invoked = match &msg {
-                    SupervisorMsg::Invoke { request_id, .. } => Some(*request_id),
-                    _ => None,
-                };
-                if let Err(e) = sink.send(msg).await {
-                    debug!(error = %e, "write to worker failed");
-                    if let Some(id) = invoked {
-                        process.settle(id, Reply::NotDelivered);
-                    }
-                    break;
-                }
+        match frames.next().await {
+            Some(Ok(msg)) => process.on_message(msg),
+            Some(Err(e)) => {
+                warn!(error = %e, "worker channel error");
+                break;
             }
-            frame = frames.next() => match frame {
-                Some(Ok(msg)) => process.on_message(msg),
-                Some(Err(e)) => {
-                    warn!(error = %e, "worker channel error");
-                    break;
-                }
-                None => break,
-            },
+            None => break,
         }
     }
-    // Nothing queued will ever be written now.
-    rx.close();
-    while let Ok(msg) = rx.try_recv() {
-        if let SupervisorMsg::Invoke { request_id, .. } = msg {
-            process.settle(request_id, Reply::NotDelivered);
-        }
-    }
-    drop((sink, frames));
+    // Nothing more will be written: sends from now on fail at once, so the
+    // invocations behind them go to a replacement.
+    process.writer.lock().await.take();
+    drop(frames);
     let status = match tokio::time::timeout(process.kill_grace, child.wait()).await {
         Ok(status) => status.ok(),
         Err(_) => {
@@ -484,13 +298,8 @@ async fn pump(
         );
     }
     process.state.send_replace(ProcState::Exited(info));
-    if let Some(cg) = cgroup {
-        // The monitor may still hold a clone for a moment; removal is
-        // retried by whoever drops the last reference.
-        if let Ok(cg) = Arc::try_unwrap(cg) {
-            tokio::task::spawn_blocking(move || cg.remove());
-        }
-    }
+    // The last reference removes the cgroup (see WorkerCgroup's Drop).
+    drop(cgroup);
 }
 
 /// Cancels its invocation when dropped before being disarmed: a caller that
@@ -571,12 +380,9 @@ impl WorkerProcess {
             WorkerMsg::Retiring { reason } => {
                 warn!(?reason, "worker is retiring");
                 self.state.send_replace(ProcState::Retiring(reason));
-                // Ordered after any invoke already queued: the worker refuses
-                // those with NotStarted, then exits.
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(SupervisorMsg::Shutdown).await;
-                });
+                // Ordered after any invoke already written: the worker
+                // refuses those with NotStarted, then exits.
+                self.send_later(SupervisorMsg::Shutdown);
             }
             WorkerMsg::Accepted { request_id } => self.delivered(request_id),
             WorkerMsg::Fatal { message } => warn!(%message, "worker reported a fatal error"),
@@ -675,9 +481,9 @@ impl WorkerProcess {
             payload,
             context,
         };
-        match tokio::time::timeout_at(deadline.into(), self.tx.send(msg)).await {
+        match tokio::time::timeout_at(deadline.into(), self.send(msg)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => {
+            Ok(Err(())) => {
                 guard.armed = false;
                 self.pending_map().remove(&request_id);
                 return Err(InvokeError::NotDelivered);
@@ -717,13 +523,7 @@ impl WorkerProcess {
             p.tx = None;
             p.logs.take().map(|l| l.entries).unwrap_or_default()
         };
-        let msg = SupervisorMsg::Cancel { request_id };
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(msg).await;
-            });
-        }
+        self.send_later(SupervisorMsg::Cancel { request_id });
         let this = self.clone();
         tokio::spawn(
             async move {
@@ -747,15 +547,37 @@ impl WorkerProcess {
     }
 
     /// Asks the worker to exit on its own.
-    pub fn shutdown(&self) {
-        let _ = self.tx.try_send(SupervisorMsg::Shutdown);
+    pub fn shutdown(self: &Arc<Self>) {
+        self.send_later(SupervisorMsg::Shutdown);
     }
 
-    pub fn set_secrets(&self, secrets: Vec<(String, String)>) {
+    /// Written before it returns, so any invocation sent after it sees the
+    /// new secrets.
+    pub async fn set_secrets(&self, secrets: Vec<(String, String)>) {
         self.redactor.add(secrets.iter().map(|(_, v)| v.as_str()));
-        let tx = self.tx.clone();
+        let _ = self.send(SupervisorMsg::SetSecrets { secrets }).await;
+    }
+
+    /// Writes one frame; `Err` if the channel is closed or the write failed
+    /// (the channel is then closed for everyone).
+    async fn send(&self, msg: SupervisorMsg) -> Result<(), ()> {
+        let mut writer = self.writer.lock().await;
+        let Some(sink) = writer.as_mut() else {
+            return Err(());
+        };
+        if let Err(e) = sink.send(msg).await {
+            debug!(error = %e, "write to worker failed");
+            writer.take();
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// For writes nobody waits for (cancel, shutdown, secrets).
+    fn send_later(self: &Arc<Self>, msg: SupervisorMsg) {
+        let this = self.clone();
         tokio::spawn(async move {
-            let _ = tx.send(SupervisorMsg::SetSecrets { secrets }).await;
+            let _ = this.send(msg).await;
         });
     }
 

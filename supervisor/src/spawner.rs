@@ -5,18 +5,24 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fn_protocol::{
-    EscapeAttempt, InitRequest, Layer, LayerState, LogLimits, NetPolicy, SandboxReport,
+    BootRequest, EscapeAttempt, Layer, LayerState, LoadRequest, LogLimits, SandboxReport,
     SelfTestRequest, WorkerArgs,
 };
 use serde::Serialize;
 use tracing::{error, info, warn};
 
+use crate::boot::{self, BootSpec, Pool};
 use crate::cgroup::{CgroupLimits, Cgroups};
 use crate::function::Definition;
-use crate::process::{self, SpawnSpec, StartError};
+use crate::logs::FunctionLogs;
+use crate::process::{Owner, StartError, Started};
+use crate::redact::Redactor;
+
+/// Booting is ours, not the function's: a generous fixed deadline.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Spawner {
     pub worker_bin: PathBuf,
@@ -27,6 +33,7 @@ pub struct Spawner {
     pub memory_overhead_mb: u32,
     pub ca_certs: Vec<String>,
     pub log_limits: LogLimits,
+    pub pool: Arc<Pool>,
     counter: AtomicU64,
 }
 
@@ -83,6 +90,7 @@ pub struct SpawnerSettings {
     pub memory_overhead_mb: u32,
     pub ca_certs: Vec<String>,
     pub log_limits: LogLimits,
+    pub pool: Arc<Pool>,
 }
 
 impl Spawner {
@@ -102,6 +110,7 @@ impl Spawner {
             memory_overhead_mb: s.memory_overhead_mb,
             ca_certs: s.ca_certs,
             log_limits: s.log_limits,
+            pool: s.pool,
             counter: AtomicU64::new(1),
         }
     }
@@ -127,28 +136,58 @@ impl Spawner {
             .map_err(|e| StartError::Sandbox(format!("cgroup: {e}")))
     }
 
-    pub fn spec(
-        &self,
-        def: &Definition,
-        secrets: Vec<(String, String)>,
-    ) -> Result<SpawnSpec, StartError> {
-        Ok(SpawnSpec {
+    /// How to boot a worker with this memory budget.
+    pub fn boot_spec(&self, memory_mb: u32) -> Result<BootSpec, StartError> {
+        Ok(BootSpec {
             worker_bin: self.worker_bin.clone(),
             args: self.args.clone(),
-            init: InitRequest {
-                function_id: def.id.clone(),
-                version: def.version,
-                code: def.code.to_string(),
-                memory_mb: def.config.memory_mb,
-                net: def.net.clone(),
-                secrets,
+            boot: BootRequest {
+                memory_mb,
                 ca_certs: self.ca_certs.clone(),
                 logs: self.log_limits,
                 self_test: None,
             },
-            ready_timeout: def.timeout(),
-            cgroup: self.cgroup(def.config.memory_mb)?,
+            cgroup: self.cgroup(memory_mb)?,
+            timeout: BOOT_TIMEOUT,
         })
+    }
+
+    /// A ready worker for `def`: from the pool when one waits with the
+    /// right memory budget, else booted on the spot.
+    pub async fn start(
+        &self,
+        def: &Definition,
+        secrets: Vec<(String, String)>,
+        kill_grace: Duration,
+        redactor: Arc<Redactor>,
+        logs: Arc<FunctionLogs>,
+    ) -> Result<Started, StartError> {
+        let asked = Instant::now();
+        let load = LoadRequest {
+            function_id: def.id.clone(),
+            version: def.version,
+            code: def.code.to_string(),
+            net: def.net.clone(),
+            secrets,
+        };
+        let memory_mb = def.config.memory_mb;
+        let owner = Owner {
+            kill_grace,
+            redactor,
+            logs,
+        };
+        if let Some(booted) = self.pool.take(memory_mb) {
+            let loaded = booted
+                .load(load.clone(), def.timeout(), owner.clone(), true, asked)
+                .await;
+            match loaded {
+                // The pooled worker died while it waited: boot a fresh one.
+                Err(StartError::Exited(_) | StartError::Protocol(_)) => {}
+                other => return other,
+            }
+        }
+        let booted = boot::boot(&self.boot_spec(memory_mb)?).await?;
+        booted.load(load, def.timeout(), owner, false, asked).await
     }
 
     /// Starts one worker through the production path in self-test mode and
@@ -158,26 +197,11 @@ impl Spawner {
         forbidden_file: &Path,
         allow_degraded: bool,
     ) -> Result<SandboxStatus, String> {
-        let spec = SpawnSpec {
-            worker_bin: self.worker_bin.clone(),
-            args: self.args.clone(),
-            init: InitRequest {
-                function_id: "sandbox-self-test".into(),
-                version: 0,
-                code: String::new(),
-                memory_mb: 64,
-                net: NetPolicy::default(),
-                secrets: Vec::new(),
-                ca_certs: Vec::new(),
-                logs: self.log_limits,
-                self_test: Some(SelfTestRequest {
-                    forbidden_file: forbidden_file.display().to_string(),
-                }),
-            },
-            ready_timeout: Duration::from_secs(30),
-            cgroup: self.cgroup(64).map_err(|e| e.to_string())?,
-        };
-        let report = process::self_test(&spec).await.map_err(|e| match e {
+        let mut spec = self.boot_spec(64).map_err(|e| e.to_string())?;
+        spec.boot.self_test = Some(SelfTestRequest {
+            forbidden_file: forbidden_file.display().to_string(),
+        });
+        let report = boot::self_test(&spec).await.map_err(|e| match e {
             StartError::Exited(info) => format!(
                 "the sandbox self-test worker exited ({info}); a required layer ({}) could not \
                  be applied on this host",

@@ -1,46 +1,75 @@
-//! Deploying, replacing, rolling back and deleting functions; listing them.
-//! Every change is durable in the store before the API answers.
+//! Deploying, replacing and deleting functions; listing them; bringing
+//! them back at start-up. Every change is durable in the store before the
+//! API answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fn_protocol::egress::{self, EgressRule, FunctionRules};
 use fn_protocol::InitErrorKind;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::{info, warn};
+use utoipa::ToSchema;
 
-use super::{body_json_error, check_content_length, query, read_body, AppState};
+use super::{body_json_error, check_content_length, read_body, ApiPath, AppState, FunctionId};
 use crate::admission::Admission;
-use crate::error::{format_seconds, ApiError};
-use crate::function::{Definition, Function, FunctionConfig, NetRules, Shared, Slot, StopMode};
+use crate::error::{format_seconds, ApiError, ErrorBody};
+use crate::function::{
+    Definition, Function, FunctionConfig, Launch, NetRules, Shared, Slot, StopMode,
+};
 use crate::hooks::Hook;
 use crate::logs::FunctionLogs;
+use crate::openapi::NetRulesDoc;
 use crate::process::{self, StartError};
 use crate::redact::Redactor;
 use crate::registry::Entry;
 use crate::store::{FunctionDef, StoreError, StoredFunction};
 
 /// Lines and bytes of each function's log ring.
-const LOG_LINES: usize = 2000;
+pub(super) const LOG_LINES: usize = 2000;
 const LOG_BYTES: usize = 1 << 20;
 
-#[derive(Deserialize)]
+/// A function to create, or a new version of one. Unset settings take the
+/// configured defaults.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DeployRequest {
+#[schema(example = json!({
+    "id": "hello",
+    "code": "export default function handler(event) { return { hello: event }; }"
+}))]
+pub struct DeployRequest {
+    /// The function's id: 1-63 characters `[a-z0-9-_]`, starting with a
+    /// letter or digit.
+    #[schema(value_type = String, required = true, pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     id: Option<String>,
+    /// JavaScript: a module exporting `handler` (default or named), or a
+    /// script defining `function handler`. At most `max_code_bytes`.
+    #[schema(value_type = String, required = true, min_length = 1)]
     code: Option<String>,
+    /// Deadline of one invocation, at most the configured `max_timeout_ms`.
+    #[schema(minimum = 1)]
     timeout_ms: Option<u64>,
+    /// Memory limit of the worker, at most the configured `max_memory_mb`.
+    #[schema(minimum = 16)]
     memory_mb: Option<u32>,
+    /// Invocations at once, at most the configured `max_inflight`.
+    #[schema(minimum = 1)]
     max_concurrency: Option<u32>,
+    /// Hooks the function subscribes to.
     #[serde(default)]
+    #[schema(value_type = Vec<Hook>)]
     hooks: Vec<String>,
+    /// Egress rules; they can only narrow the operator's policy.
     #[serde(default)]
+    #[schema(value_type = Option<NetRulesDoc>)]
     net: Option<NetRules>,
+    /// Secrets: name -> value (names 1-128 characters `[A-Za-z0-9_.-]`,
+    /// values at most 64 KiB, at most 100). Unset keeps the current ones.
     secrets: Option<BTreeMap<String, String>>,
 }
 
@@ -60,7 +89,7 @@ pub fn validate_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn validate_secret_names(secrets: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub(super) fn validate_secret_names(secrets: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if secrets.len() > 100 {
         return Err(ApiError::BadRequest(
             "at most 100 secrets per function".into(),
@@ -101,7 +130,7 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(what) => ApiError::Missing(what),
         StoreError::Conflict(what) => ApiError::Conflict(what),
@@ -113,7 +142,7 @@ fn store_error(e: StoreError) -> ApiError {
 }
 
 /// Checks a deploy's settings and turns them into a definition.
-fn definition(
+pub(super) fn definition(
     state: &AppState,
     id: &str,
     version: u64,
@@ -199,6 +228,27 @@ fn start_error(e: StartError, timeout_ms: u64) -> ApiError {
     }
 }
 
+/// Deploy a function.
+///
+/// Creates the function, or replaces its code and settings with a new
+/// version; answers once the new version's worker serves (the old one
+/// finishes what it has).
+#[utoipa::path(
+    post,
+    path = "/deploy",
+    operation_id = "deploy",
+    tag = "functions",
+    request_body = DeployRequest,
+    responses(
+        (status = 200, description = "Deployed: the new version serves", body = DeployResponse),
+        (status = 400, description = "Malformed request, settings out of range, or code that cannot be loaded (`kind`, `line` and `column` say why)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The function limit is reached", body = ErrorBody),
+        (status = 413, description = "Body or code over the limit", body = ErrorBody),
+        (status = 500, description = "The store or the worker failed", body = ErrorBody),
+        (status = 503, description = "The supervisor is shutting down", body = ErrorBody),
+    )
+)]
 pub async fn deploy(
     State(state): State<Arc<AppState>>,
     req: Request,
@@ -292,25 +342,24 @@ pub async fn deploy(
     Ok(Json(response).into_response())
 }
 
-async fn start_worker(
+pub(super) async fn start_worker(
     state: &AppState,
     def: &Arc<Definition>,
     shared: &Arc<Shared>,
     secrets: Vec<(String, String)>,
     reason: &'static str,
 ) -> Result<process::Started, ApiError> {
-    let spec = state
+    let started = state
         .spawner
-        .spec(def, secrets)
+        .start(
+            def,
+            secrets,
+            state.policy.kill_grace,
+            shared.redactor.clone(),
+            shared.logs.clone(),
+        )
+        .await
         .map_err(|e| start_error(e, def.config.timeout_ms))?;
-    let started = process::start(
-        &spec,
-        state.policy.kill_grace,
-        shared.redactor.clone(),
-        shared.logs.clone(),
-    )
-    .await
-    .map_err(|e| start_error(e, def.config.timeout_ms))?;
     state
         .metrics
         .deploy_seconds
@@ -319,26 +368,56 @@ async fn start_worker(
     Ok(started)
 }
 
-fn deploy_response(def: &Definition, started: &process::Started) -> Value {
-    let hooks: Vec<&str> = def.hooks.iter().map(|h| h.name()).collect();
-    json!({
-        "id": def.id,
-        "version": def.version,
-        "status": "ready",
-        "pid": started.process.pid,
-        "timeout_ms": def.config.timeout_ms,
-        "memory_mb": def.config.memory_mb,
-        "max_concurrency": def.config.max_concurrency,
-        "hooks": hooks,
-        "ready_ms": started.ready.as_secs_f64() * 1e3,
-        "boot_ms": started.boot_us as f64 / 1e3,
-        "init_ms": started.init_us as f64 / 1e3,
-    })
+/// A version that serves: what a deploy, an import or a rollback answers.
+#[derive(Serialize, ToSchema)]
+pub struct DeployResponse {
+    pub id: String,
+    pub version: u64,
+    /// `ready`.
+    pub status: &'static str,
+    /// The worker's process id.
+    pub pid: u32,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+    pub max_concurrency: u32,
+    #[schema(value_type = Vec<Hook>)]
+    pub hooks: Vec<&'static str>,
+    /// From asking for a worker to the function being ready, in
+    /// milliseconds.
+    pub ready_ms: f64,
+    /// The worker came booted from the pool.
+    pub pooled: bool,
+    /// The worker's own start-up, in milliseconds.
+    pub boot_ms: f64,
+    /// The function's top-level code, in milliseconds.
+    pub init_ms: f64,
+    /// The version that was current before a rollback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub rolled_back_from: Option<u64>,
+}
+
+pub(super) fn deploy_response(def: &Definition, started: &process::Started) -> DeployResponse {
+    DeployResponse {
+        id: def.id.clone(),
+        version: def.version,
+        status: "ready",
+        pid: started.process.pid,
+        timeout_ms: def.config.timeout_ms,
+        memory_mb: def.config.memory_mb,
+        max_concurrency: def.config.max_concurrency,
+        hooks: def.hooks.iter().map(|h| h.name()).collect(),
+        ready_ms: started.ready.as_secs_f64() * 1e3,
+        pooled: started.pooled,
+        boot_ms: started.boot_us as f64 / 1e3,
+        init_ms: started.init_us as f64 / 1e3,
+        rolled_back_from: None,
+    }
 }
 
 /// Makes `def` the current version: the new worker already serves, the old
 /// one finishes what it has.
-fn install(
+pub(super) fn install(
     state: &Arc<AppState>,
     existing: Option<Arc<Entry>>,
     def: Arc<Definition>,
@@ -352,7 +431,7 @@ fn install(
         shared.clone(),
         state.spawner.clone(),
         state.policy,
-        Some(started),
+        Launch::Started(started),
     );
     match existing {
         Some(entry) => {
@@ -382,10 +461,65 @@ fn install(
     info!(function = %id, version, pid, "deployed");
 }
 
+/// What a delete answers.
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    pub id: String,
+    /// `deleted`.
+    pub status: &'static str,
+    /// The process id of the worker that was stopped, if one served.
+    pub pid: Option<u32>,
+}
+
+/// Delete a function.
+///
+/// Stops its workers and removes every version and secret; its
+/// activation records stay.
+#[utoipa::path(
+    delete,
+    path = "/functions/{id}",
+    operation_id = "delete_function",
+    tag = "functions",
+    params(FunctionId),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 404, description = "No function with this id", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn remove(
+    state: State<Arc<AppState>>,
+    id: ApiPath<FunctionId>,
+) -> Result<Json<Deleted>, ApiError> {
+    delete_function(state, id).await
+}
+
+/// Delete a function (the older path).
+///
+/// The same as `DELETE /functions/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/delete/{id}",
+    operation_id = "delete",
+    tag = "functions",
+    params(FunctionId),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 404, description = "No function with this id", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub async fn delete(
+    state: State<Arc<AppState>>,
+    id: ApiPath<FunctionId>,
+) -> Result<Json<Deleted>, ApiError> {
+    delete_function(state, id).await
+}
+
+async fn delete_function(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+    ApiPath(FunctionId { id }): ApiPath<FunctionId>,
+) -> Result<Json<Deleted>, ApiError> {
     let _lock = state.registry.lock_id(&id).await;
     let entry = state
         .registry
@@ -408,36 +542,62 @@ pub async fn remove(
     entry.shared.logs.lifecycle("info", "deleted".into());
     state.metrics.forget(&id);
     info!(function = %id, ?pid, "deleted");
-    Ok(Json(json!({ "id": id, "status": "deleted", "pid": pid })).into_response())
+    Ok(Json(Deleted {
+        id,
+        status: "deleted",
+        pid,
+    }))
 }
 
-#[derive(Serialize)]
+/// A function as it serves now.
+#[derive(Serialize, ToSchema)]
 pub struct FunctionInfo {
     pub id: String,
+    /// The current version.
     pub version: u64,
+    /// `starting`, `ready`, `idle` (no worker until its next invocation),
+    /// `unhealthy` (see `unhealthy_reason`) or `stopped`.
     pub status: &'static str,
+    /// The worker's process id while it is ready.
     pub pid: Option<u32>,
     pub timeout_ms: u64,
     pub memory_mb: u32,
     pub max_concurrency: u32,
+    #[schema(value_type = Vec<Hook>)]
     pub hooks: Vec<&'static str>,
     pub invocations: u64,
     pub errors: u64,
     pub timeouts: u64,
+    /// Worker restarts since the supervisor started.
     pub restarts: u64,
     pub in_flight: u32,
     pub queued: u32,
     pub deployed_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub unhealthy_reason: Option<String>,
-    pub net: Value,
+    pub net: NetView,
+    /// Secret names (never their values).
     pub secrets: Vec<String>,
+}
+
+/// A function's egress rules in force.
+#[derive(Serialize, ToSchema)]
+pub struct NetView {
+    /// Hosts it may reach (`*` for any).
+    pub allow: Vec<String>,
+    /// Deny rules, the operator's and the function's.
+    pub deny: Vec<String>,
+    /// The rules the deploy asked for.
+    #[schema(value_type = NetRulesDoc)]
+    pub requested: NetRules,
 }
 
 pub fn info(entry: &Entry) -> FunctionInfo {
     use std::sync::atomic::Ordering::Relaxed;
     let f = entry.current();
     let (status, pid, reason) = match f.slot() {
+        Slot::Idle => ("idle", None, None),
         Slot::Starting => ("starting", None, None),
         Slot::Ready(p) => ("ready", Some(p.pid), None),
         Slot::Backoff { reason, .. } => ("unhealthy", None, Some(reason)),
@@ -462,23 +622,55 @@ pub fn info(entry: &Entry) -> FunctionInfo {
         queued: entry.admission.queued(),
         deployed_at_ms: def.created_at_ms,
         unhealthy_reason: reason,
-        net: json!({
-            "allow": def.net.allow_hosts.clone().unwrap_or_else(|| vec!["*".into()]),
-            "deny": def.net.deny_strings(),
-            "requested": def.config.net,
-        }),
+        net: NetView {
+            allow: def
+                .net
+                .allow_hosts
+                .clone()
+                .unwrap_or_else(|| vec!["*".into()]),
+            deny: def.net.deny_strings(),
+            requested: def.config.net.clone(),
+        },
         secrets: entry.shared.secrets().into_iter().map(|(k, _)| k).collect(),
     }
 }
 
-pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let functions: Vec<_> = state.registry.list().iter().map(|e| info(e)).collect();
-    Json(json!({ "functions": functions }))
+/// Every function.
+#[derive(Serialize, ToSchema)]
+pub struct FunctionList {
+    pub functions: Vec<FunctionInfo>,
 }
 
+/// List the functions.
+#[utoipa::path(
+    get,
+    path = "/functions",
+    operation_id = "list_functions",
+    tag = "functions",
+    responses(
+        (status = 200, description = "Every function", body = FunctionList),
+    )
+)]
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<FunctionList> {
+    let functions: Vec<_> = state.registry.list().iter().map(|e| info(e)).collect();
+    Json(FunctionList { functions })
+}
+
+/// Describe a function.
+#[utoipa::path(
+    get,
+    path = "/functions/{id}",
+    operation_id = "describe_function",
+    tag = "functions",
+    params(FunctionId),
+    responses(
+        (status = 200, description = "The function", body = FunctionInfo),
+        (status = 404, description = "No function with this id", body = ErrorBody),
+    )
+)]
 pub async fn describe(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ApiPath(FunctionId { id }): ApiPath<FunctionId>,
 ) -> Result<Json<FunctionInfo>, ApiError> {
     state
         .registry
@@ -487,299 +679,25 @@ pub async fn describe(
         .ok_or(ApiError::NotFound(id))
 }
 
-pub async fn versions(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let entry = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-    let versions = state.store.versions(&id).await.map_err(store_error)?;
-    Ok(Json(json!({
-        "id": id,
-        "current": entry.current().version(),
-        "versions": versions,
-    })))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RollbackRequest {
-    version: Option<u64>,
-}
-
-pub async fn rollback(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    if state.is_shutting_down() {
-        return Err(ApiError::ShuttingDown);
-    }
-    let within = Duration::from_millis(state.config.body_timeout_ms);
-    let body = read_body(req.into_body(), 64 * 1024, within).await?;
-    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RollbackRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| body_json_error("rollback request", e))?
-    };
-    let _lock = state.registry.lock_id(&id).await;
-    let entry = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-    let current = entry.current().version();
-    let target = match request.version {
-        Some(v) => v,
-        None => state
-            .store
-            .versions(&id)
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .map(|v| v.version)
-            .filter(|v| *v < current)
-            .max()
-            .ok_or_else(|| {
-                ApiError::Conflict(format!("'{id}' has no earlier version to roll back to"))
-            })?,
-    };
-    if target == current {
-        return Err(ApiError::Conflict(format!(
-            "version {target} is already current"
-        )));
-    }
-    let stored = state
-        .store
-        .version(&id, target)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::Missing(format!("version {target} of '{id}' is not kept")))?;
-    let config: FunctionConfig = serde_json::from_value(stored.config.clone())
-        .map_err(|e| ApiError::Internal(format!("stored version {target}: {e}")))?;
-    let mut def = definition(&state, &id, target, Arc::from(stored.code.as_str()), config)?;
-    def.created_at_ms = stored.created_at_ms;
-    let def = Arc::new(def);
-    let shared = entry.shared.clone();
-    let started = start_worker(&state, &def, &shared, shared.secrets(), "rollback").await?;
-    if let Err(e) = state.store.set_current(&id, target).await {
-        started.process.kill();
-        return Err(store_error(e));
-    }
-    let mut response = deploy_response(&def, &started);
-    response["rolled_back_from"] = json!(current);
-    install(&state, Some(entry), def, shared, started);
-    Ok(Json(response).into_response())
-}
-
-pub async fn secret_names(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let entry = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-    let names: Vec<String> = entry.shared.secrets().into_iter().map(|(k, _)| k).collect();
-    Ok(Json(json!({ "id": id, "secrets": names })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SecretsBody {
-    secrets: BTreeMap<String, Option<String>>,
-}
-
-/// `PUT` replaces the whole set; `PATCH` merges, `null` removing a name.
-async fn change_secrets(
-    state: Arc<AppState>,
-    id: String,
-    req: Request,
-    replace: bool,
-) -> Result<Json<Value>, ApiError> {
-    let within = Duration::from_millis(state.config.body_timeout_ms);
-    let body = read_body(req.into_body(), 1 << 20, within).await?;
-    let request: SecretsBody =
-        serde_json::from_slice(&body).map_err(|e| body_json_error("secrets request", e))?;
-    let _lock = state.registry.lock_id(&id).await;
-    let entry = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-    let mut next: BTreeMap<String, String> = if replace {
-        BTreeMap::new()
-    } else {
-        entry.shared.secrets().into_iter().collect()
-    };
-    for (name, value) in request.secrets {
-        match value {
-            Some(v) => {
-                next.insert(name, v);
-            }
-            None => {
-                next.remove(&name);
-            }
-        }
-    }
-    validate_secret_names(&next)?;
-    state
-        .store
-        .set_secrets(&id, next.clone())
-        .await
-        .map_err(store_error)?;
-    let pairs: Vec<(String, String)> = next.into_iter().collect();
-    entry
-        .shared
-        .redactor
-        .add(pairs.iter().map(|(_, v)| v.as_str()));
-    *entry
-        .shared
-        .secrets
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = pairs.clone();
-    if let Slot::Ready(p) = entry.current().slot() {
-        p.set_secrets(pairs.clone());
-    }
-    entry
-        .shared
-        .logs
-        .lifecycle("info", format!("secrets changed ({} names)", pairs.len()));
-    let names: Vec<String> = pairs.into_iter().map(|(k, _)| k).collect();
-    Ok(Json(json!({ "id": id, "secrets": names })))
-}
-
-pub async fn put_secrets(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Result<Json<Value>, ApiError> {
-    change_secrets(state, id, req, true).await
-}
-
-pub async fn patch_secrets(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Result<Json<Value>, ApiError> {
-    change_secrets(state, id, req, false).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogsQuery {
-    tail: Option<usize>,
-    follow: Option<bool>,
-}
-
-/// NDJSON: the newest lines, then (with `follow=true`) new lines as they
-/// come, until the client leaves.
-pub async fn logs(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let q: LogsQuery = query(&req)?;
-    let entry = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-    let logs = entry.shared.logs.clone();
-    let mut text = String::new();
-    let follow = q.follow.unwrap_or(false).then(|| logs.subscribe());
-    for line in logs.tail(q.tail.unwrap_or(100).min(LOG_LINES)) {
-        text.push_str(&serde_json::to_string(&line).unwrap_or_default());
-        text.push('\n');
-    }
-    let headers = [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")];
-    let Some(rx) = follow else {
-        return Ok((headers, text).into_response());
-    };
-    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(text) });
-    let rest = futures::stream::unfold(rx, |mut rx| async move {
-        let line = match rx.recv().await {
-            Ok(line) => serde_json::to_string(&line).unwrap_or_default(),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                format!("{{\"kind\":\"lagged\",\"skipped\":{n}}}")
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(line + "\n"), rx))
-    });
-    use futures::StreamExt;
-    let body = axum::body::Body::from_stream(first.chain(rest));
-    Ok((headers, body).into_response())
-}
-
-/// Every function's current definition and secrets, for `fnctl export`.
-pub async fn export(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let all = state.store.load().await.map_err(store_error)?;
-    let functions: Vec<Value> = all
-        .into_iter()
-        .map(|f| {
-            json!({
-                "id": f.def.id,
-                "version": f.def.version,
-                "code": f.def.code,
-                "config": f.def.config,
-                "secrets": f.secrets,
-            })
-        })
-        .collect();
-    Ok(Json(
-        json!({ "format": "fnrt-export-1", "functions": functions }),
-    ))
-}
-
-#[derive(Deserialize)]
-struct ImportItem {
-    id: String,
-    code: String,
-    config: FunctionConfig,
-    #[serde(default)]
-    secrets: BTreeMap<String, String>,
-}
-
-/// Deploys one exported definition (`fnctl import` sends them one by one,
-/// so progress can be shown and a failure names its function).
-pub async fn import(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let within = Duration::from_millis(state.config.body_timeout_ms);
-    let body = read_body(req.into_body(), state.config.max_body_bytes, within).await?;
-    let item: ImportItem =
-        serde_json::from_slice(&body).map_err(|e| body_json_error("import item", e))?;
-    let request = json!({
-        "id": item.id,
-        "code": item.code,
-        "timeout_ms": item.config.timeout_ms,
-        "memory_mb": item.config.memory_mb,
-        "max_concurrency": item.config.max_concurrency,
-        "hooks": item.config.hooks,
-        "net": item.config.net,
-        "secrets": item.secrets,
-    });
-    let req = Request::new(axum::body::Body::from(request.to_string()));
-    deploy(State(state), req).await
-}
-
 /// Brings back every stored function at start-up, a few workers at a time.
+/// Beyond `restore_warm_max` functions they come back idle: their first
+/// invocation starts a worker.
 pub async fn restore(state: Arc<AppState>) -> Result<usize, StoreError> {
     let stored = state.store.load().await?;
     let count = stored.len();
     let parallel = state.config.restore_parallelism.max(1) as usize;
+    let warm = state.config.restore_warm_max as usize;
     use futures::StreamExt;
-    futures::stream::iter(stored)
-        .for_each_concurrent(parallel, |f| {
+    futures::stream::iter(stored.into_iter().enumerate())
+        .for_each_concurrent(parallel, |(i, f)| {
             let state = state.clone();
-            async move { restore_one(&state, f).await }
+            async move { restore_one(&state, f, i < warm).await }
         })
         .await;
     Ok(count)
 }
 
-async fn restore_one(state: &Arc<AppState>, stored: StoredFunction) {
+async fn restore_one(state: &Arc<AppState>, stored: StoredFunction, warm: bool) {
     let StoredFunction { def, secrets, .. } = stored;
     let id = def.id.clone();
     let config: FunctionConfig = match serde_json::from_value(def.config.clone()) {
@@ -810,13 +728,16 @@ async fn restore_one(state: &Arc<AppState>, stored: StoredFunction) {
     let shared = new_shared(state, &id, secrets.clone());
     // A function that does not start now still comes back: its monitor
     // keeps trying (with backoff) and reports it unhealthy meanwhile.
-    let started = start_worker(state, &definition, &shared, secrets, "restore").await;
-    let started = match started {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(function = %id, error = %e, "restored function did not start");
-            None
+    let launch = if warm {
+        match start_worker(state, &definition, &shared, secrets, "restore").await {
+            Ok(s) => Launch::Started(s),
+            Err(e) => {
+                warn!(function = %id, error = %e, "restored function did not start");
+                Launch::Now
+            }
         }
+    } else {
+        Launch::Idle
     };
     let c = &state.config;
     let concurrency = definition.config.max_concurrency;
@@ -825,7 +746,7 @@ async fn restore_one(state: &Arc<AppState>, stored: StoredFunction) {
         shared.clone(),
         state.spawner.clone(),
         state.policy,
-        started,
+        launch,
     );
     let admission = Admission::new(
         &id,

@@ -5,21 +5,25 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fn_protocol::{InvokeContext, Outcome};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
-use super::{check_content_length, query, read_body, AppState, RequestId};
+use super::{check_content_length, query, read_body, ApiPath, AppState, FunctionId, RequestId};
 use crate::admission::Rejected;
-use crate::error::{format_seconds, ApiError};
+use crate::error::{format_seconds, ApiError, ErrorBody};
 use crate::function::{CallError, CallOptions};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct InvokeQuery {
-    /// Per-request deadline, overriding the function's.
+#[into_params(parameter_in = Query)]
+pub struct InvokeQuery {
+    /// Per-request deadline in milliseconds, overriding the function's (at
+    /// most the configured `max_timeout_ms`).
+    #[param(minimum = 1)]
     timeout_ms: Option<u64>,
 }
 
@@ -30,9 +34,39 @@ fn epoch_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// Invoke a function.
+///
+/// The body (any JSON; empty means `null`) is the handler's argument; the
+/// handler's return value is the answer. A call that finds the function
+/// being redeployed follows it to the new version.
+#[utoipa::path(
+    post,
+    path = "/invoke/{id}",
+    operation_id = "invoke",
+    tag = "invoke",
+    params(FunctionId, InvokeQuery),
+    request_body(content = Option<serde_json::Value>, content_type = "application/json", description = "The handler's argument: any JSON value"),
+    responses(
+        (status = 200, description = "The handler's return value", body = serde_json::Value,
+            headers(
+                ("x-function-version" = u64, description = "The version that served"),
+                ("x-cold-start" = String, description = "`true` when the call had to start a worker"),
+            )),
+        (status = 400, description = "The body is not JSON, or an invalid query", body = ErrorBody),
+        (status = 404, description = "No function with this id", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 410, description = "The function was deleted during the call", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 429, description = "The function's (or the supervisor's) concurrency and queue are full", body = ErrorBody),
+        (status = 500, description = "The function threw (`name`, `stack`), exceeded its memory, or ran away", body = ErrorBody),
+        (status = 502, description = "The worker died during the call; it is being restarted", body = ErrorBody),
+        (status = 503, description = "The function is unavailable (restarting), or the supervisor is shutting down", body = ErrorBody),
+        (status = 504, description = "The deadline passed (`Execution timeout (30s)`)", body = ErrorBody),
+    )
+)]
 pub async fn invoke(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    ApiPath(FunctionId { id }): ApiPath<FunctionId>,
     req: Request,
 ) -> Result<Response, ApiError> {
     if state.is_shutting_down() {
@@ -90,6 +124,7 @@ pub async fn invoke(
         })?;
     let stats = entry.shared.clone();
     stats.stats.invocations.fetch_add(1, Relaxed);
+    let cold = entry.current().is_idle();
     let context = InvokeContext {
         request_key,
         deadline_ms: epoch_ms() + timeout.as_millis() as u64,
@@ -147,6 +182,10 @@ pub async fn invoke(
                 .into_response();
             if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
                 r.headers_mut().insert("x-function-version", v);
+            }
+            if cold {
+                r.headers_mut()
+                    .insert("x-cold-start", HeaderValue::from_static("true"));
             }
             state.metrics.invocation(&id, "ok", seconds);
             return Ok(r);

@@ -1,6 +1,7 @@
 //! The REST API. Paths and response shapes are an interface: a provisioning
 //! service and `fnctl` call them.
 
+mod admin;
 mod functions;
 mod health;
 mod hooks;
@@ -12,16 +13,19 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter};
 use axum::Router;
 use fn_protocol::egress::OperatorRules;
+use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use utoipa::IntoParams;
 
 use crate::auth::{Scope, Tokens, Verdict};
 use crate::config::Config;
@@ -54,6 +58,8 @@ pub struct AppState {
     pub background_hooks: Arc<Semaphore>,
     pub ready: AtomicBool,
     pub shutting_down: AtomicBool,
+    /// Turns true when shutdown begins (ends log followers).
+    pub stopping: tokio::sync::watch::Sender<bool>,
     pub sandbox: SandboxStatus,
     pub started: Instant,
 }
@@ -76,37 +82,55 @@ impl AppState {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// Every operation the API serves, once: method, path, handler. The router
+/// is built from this table (and nothing else), and the OpenAPI document
+/// lists each handler's `#[utoipa::path]`; a test holds the document's
+/// operations equal to [`ROUTES`].
+macro_rules! route_table {
+    ($($method:ident $path:literal => $module:ident :: $handler:ident,)*) => {
+        /// `(method, path)` of every operation, in axum's `{param}` syntax
+        /// (which is OpenAPI's).
+        pub const ROUTES: &[(Method, &str)] = &[$((Method::$method, $path)),*];
+
+        fn table_router() -> Router<Arc<AppState>> {
+            Router::new()
+                $(.route($path, on(MethodFilter::$method, $module::$handler)))*
+        }
+
+        /// The operations of [`ROUTES`], documented by their handlers.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($($module::$handler),*))]
+        pub struct Operations;
+    };
+}
+
+route_table! {
+    POST "/deploy" => functions::deploy,
+    POST "/invoke/{id}" => invoke::invoke,
+    DELETE "/delete/{id}" => functions::delete,
+    GET "/functions" => functions::list,
+    GET "/functions/{id}" => functions::describe,
+    DELETE "/functions/{id}" => functions::remove,
+    GET "/functions/{id}/versions" => admin::versions,
+    POST "/functions/{id}/rollback" => admin::rollback,
+    GET "/functions/{id}/secrets" => admin::secret_names,
+    PUT "/functions/{id}/secrets" => admin::put_secrets,
+    PATCH "/functions/{id}/secrets" => admin::patch_secrets,
+    GET "/functions/{id}/logs" => admin::logs,
+    GET "/functions/{id}/activations" => hooks::function_activations,
+    GET "/hooks" => hooks::list,
+    POST "/hooks/{hook}" => hooks::fire,
+    GET "/activations/{id}" => hooks::activation,
+    GET "/export" => admin::export,
+    POST "/import" => admin::import,
+    GET "/healthz" => health::healthz,
+    GET "/readyz" => health::readyz,
+    GET "/metrics" => health::metrics,
+    GET "/openapi.json" => health::openapi,
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/deploy", post(functions::deploy))
-        .route("/invoke/{id}", post(invoke::invoke))
-        .route("/delete/{id}", axum::routing::delete(functions::remove))
-        .route("/functions", get(functions::list))
-        .route(
-            "/functions/{id}",
-            get(functions::describe).delete(functions::remove),
-        )
-        .route("/functions/{id}/versions", get(functions::versions))
-        .route("/functions/{id}/rollback", post(functions::rollback))
-        .route(
-            "/functions/{id}/secrets",
-            get(functions::secret_names)
-                .put(functions::put_secrets)
-                .patch(functions::patch_secrets),
-        )
-        .route("/functions/{id}/logs", get(functions::logs))
-        .route(
-            "/functions/{id}/activations",
-            get(hooks::function_activations),
-        )
-        .route("/hooks", get(hooks::list))
-        .route("/hooks/{hook}", post(hooks::fire))
-        .route("/activations/{id}", get(hooks::activation))
-        .route("/export", get(functions::export))
-        .route("/import", post(functions::import))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    table_router()
         .fallback(|req: Request| async move {
             ApiError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
         })
@@ -120,9 +144,40 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// `Path` with our JSON error: axum's own rejection (a path segment that
+/// does not decode, say) answers `text/plain`.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "invalid path: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// `{id}` of a function.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct FunctionId {
+    /// The function's id.
+    #[param(example = "hello")]
+    pub id: String,
+}
+
 /// The scope a request needs: invoking and read-only listing take an
 /// `invoke` token, everything else `admin`.
-fn needed_scope(method: &Method, path: &str) -> Scope {
+pub(crate) fn needed_scope(method: &Method, path: &str) -> Scope {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let read_only = matches!(
         (method, segments.as_slice()),
@@ -145,7 +200,7 @@ fn request_id_of(req: &Request) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(new_request_id)
 }
 
 async fn request_context(
@@ -252,6 +307,16 @@ fn serde_urlencoded_from_str<T: serde::de::DeserializeOwned>(raw: &str) -> Resul
 
 pub fn body_json_error(what: &str, e: serde_json::Error) -> ApiError {
     ApiError::BadRequest(format!("invalid {what}: {e}"))
+}
+
+/// A random prefix per supervisor start and a counter: unique, and no
+/// random-number syscall per request.
+fn new_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{n:x}")
 }
 
 #[cfg(test)]

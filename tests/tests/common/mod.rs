@@ -761,3 +761,24 @@ impl Drop for TlsServer {
         let _ = self.child.wait();
     }
 }
+
+/// POST /invoke/{id} over a raw connection: (status, head, body).
+pub fn raw_invoke(sup: &Supervisor, id: &str, body: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(sup.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /invoke/{id} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
