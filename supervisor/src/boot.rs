@@ -21,7 +21,7 @@ use tokio_util::codec::Framed;
 use tracing::{debug, warn, Instrument};
 
 use crate::cgroup::WorkerCgroup;
-use crate::process::{self, exit_info, variant, Owner, StartError, Started, WorkerFramed};
+use crate::process::{self, exit_info, variant, Control, Owner, StartError, Started, WorkerFramed};
 use crate::spawn::{self, Spawned};
 
 /// What to boot.
@@ -37,6 +37,7 @@ pub struct BootSpec {
 /// A worker whose runtime is up and sandboxed, waiting for its function.
 pub struct Booted {
     framed: WorkerFramed,
+    control: Control,
     child: Child,
     pid: u32,
     pidfd: OwnedFd,
@@ -57,7 +58,7 @@ enum BootReply {
 /// Spawns a worker and waits until its runtime has booted.
 pub async fn boot(spec: &BootSpec) -> Result<Booted, StartError> {
     let started = Instant::now();
-    let (mut framed, mut child, pid, pidfd) = spawn(spec)?;
+    let (mut framed, control, mut child, pid, pidfd) = spawn(spec)?;
     let span = tracing::info_span!(parent: None, "worker", pid);
     spawn::forward_stdio(&mut child, span.clone());
     let reply = tokio::time::timeout(spec.timeout, boot_handshake(&mut framed, &spec.boot))
@@ -80,6 +81,7 @@ pub async fn boot(spec: &BootSpec) -> Result<Booted, StartError> {
             }
             Ok(Booted {
                 framed,
+                control,
                 child,
                 pid,
                 pidfd,
@@ -114,22 +116,28 @@ pub async fn boot(spec: &BootSpec) -> Result<Booted, StartError> {
     }
 }
 
-fn spawn(spec: &BootSpec) -> Result<(WorkerFramed, Child, u32, OwnedFd), StartError> {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn)?;
-    let Spawned { child, pid, pidfd } =
-        spawn::spawn_worker(&spec.worker_bin, &theirs, &spec.args, spec.cgroup.clone())
-            .map_err(StartError::Spawn)?;
-    drop(theirs);
-    let framed = (|| {
+type Spawn = (WorkerFramed, Control, Child, u32, OwnedFd);
+
+fn spawn(spec: &BootSpec) -> Result<Spawn, StartError> {
+    let pair = || std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn);
+    let (ours, theirs) = pair()?;
+    let (control_ours, control_theirs) = pair()?;
+    let Spawned { child, pid, pidfd } = spawn::spawn_worker(
+        &spec.worker_bin,
+        [&theirs, &control_theirs],
+        &spec.args,
+        spec.cgroup.clone(),
+    )
+    .map_err(StartError::Spawn)?;
+    drop((theirs, control_theirs));
+    let streams = (|| {
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
-        Ok::<_, std::io::Error>(Framed::new(
-            stream,
-            FrameCodec::<WorkerMsg, SupervisorMsg>::default(),
-        ))
+        let framed = Framed::new(stream, FrameCodec::<WorkerMsg, SupervisorMsg>::default());
+        Ok::<_, std::io::Error>((framed, Control::new(control_ours)?))
     })();
-    match framed {
-        Ok(f) => Ok((f, child, pid, pidfd)),
+    match streams {
+        Ok((framed, control)) => Ok((framed, control, child, pid, pidfd)),
         Err(e) => {
             spawn::kill(&pidfd);
             Err(StartError::Spawn(e))
@@ -264,6 +272,7 @@ impl Booted {
         };
         let Booted {
             framed,
+            control,
             child,
             pid,
             pidfd,
@@ -274,6 +283,7 @@ impl Booted {
         } = self;
         let conn = process::Conn {
             framed,
+            control,
             child,
             pid,
             pidfd,
@@ -294,7 +304,7 @@ impl Booted {
 
 /// Spawns a worker in self-test mode and returns what it reported.
 pub async fn self_test(spec: &BootSpec) -> Result<SelfTestReport, StartError> {
-    let (mut framed, mut child, _pid, pidfd) = spawn(spec)?;
+    let (mut framed, _control, mut child, _pid, pidfd) = spawn(spec)?;
     spawn::forward_stdio(&mut child, tracing::info_span!("sandbox-self-test"));
     let result = tokio::time::timeout(spec.timeout, boot_handshake(&mut framed, &spec.boot)).await;
     drop(framed);

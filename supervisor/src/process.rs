@@ -124,6 +124,9 @@ enum Delivery {
 struct Pending {
     tx: Option<oneshot::Sender<Reply>>,
     delivery: Delivery,
+    /// Handed to the channel: it reaches the worker unless the channel
+    /// fails. Before that, dropping the invocation needs no cancel.
+    written: bool,
     deadline: Instant,
     logs: Option<Captured>,
 }
@@ -151,6 +154,9 @@ pub struct WorkerProcess {
     /// Written by callers directly (no hop through another task); `None`
     /// once the channel is closed, so a late send fails at once.
     writer: tokio::sync::Mutex<Option<WorkerSink>>,
+    /// Cancels go here: the worker reads it on a thread that JavaScript
+    /// never keeps busy, and no large invocation is queued ahead of them.
+    control: Control,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     state: watch::Sender<ProcState>,
@@ -173,10 +179,34 @@ pub struct Started {
 /// A worker process and its channel, before it serves a function.
 pub(crate) struct Conn {
     pub framed: WorkerFramed,
+    pub control: Control,
     pub child: Child,
     pub pid: u32,
     pub pidfd: OwnedFd,
     pub cgroup: Option<Arc<WorkerCgroup>>,
+}
+
+/// The supervisor's end of a worker's control socket.
+pub(crate) struct Control(tokio::sync::Mutex<tokio::net::UnixStream>);
+
+impl Control {
+    pub fn new(stream: std::os::unix::net::UnixStream) -> std::io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Ok(Self(tokio::sync::Mutex::new(
+            tokio::net::UnixStream::from_std(stream)?,
+        )))
+    }
+
+    async fn send(&self, msg: SupervisorMsg) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        use tokio_util::codec::Encoder;
+        let mut frame = tokio_util::bytes::BytesMut::new();
+        FrameCodec::<WorkerMsg, SupervisorMsg>::default()
+            .encode(msg, &mut frame)
+            .map_err(std::io::Error::other)?;
+        // Whole frames only: the lock keeps two cancels from interleaving.
+        self.0.lock().await.write_all(&frame).await
+    }
 }
 
 /// What a started worker reports to: its function's logs and secrets.
@@ -196,6 +226,7 @@ pub(crate) fn serve(
 ) -> Arc<WorkerProcess> {
     let Conn {
         framed,
+        control,
         child,
         pid,
         pidfd,
@@ -208,6 +239,7 @@ pub(crate) fn serve(
         pidfd,
         function_id: function_id.to_owned(),
         writer: tokio::sync::Mutex::new(Some(sink)),
+        control,
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         state,
@@ -467,6 +499,7 @@ impl WorkerProcess {
             Pending {
                 tx: Some(tx),
                 delivery: Delivery::Queued,
+                written: false,
                 deadline,
                 logs: capture_logs.then(Captured::default),
             },
@@ -481,7 +514,7 @@ impl WorkerProcess {
             payload,
             context,
         };
-        match tokio::time::timeout_at(deadline.into(), self.send(msg)).await {
+        match tokio::time::timeout_at(deadline.into(), self.send_invoke(request_id, msg)).await {
             Ok(Ok(())) => {}
             Ok(Err(())) => {
                 guard.armed = false;
@@ -489,9 +522,9 @@ impl WorkerProcess {
                 return Err(InvokeError::NotDelivered);
             }
             Err(_) => {
+                // Possibly written already (the write was still flushing).
                 guard.armed = false;
-                self.pending_map().remove(&request_id);
-                return Err(InvokeError::Timeout(Vec::new()));
+                return Err(InvokeError::Timeout(self.cancel(request_id)));
             }
         }
         let reply = tokio::time::timeout_at(deadline.into(), rx).await;
@@ -519,14 +552,26 @@ impl WorkerProcess {
             if p.delivery == Delivery::Cancelled {
                 return Vec::new();
             }
+            if !p.written {
+                // Still waiting for the channel: the worker never hears of
+                // it, so there is nothing to cancel or to wait for.
+                pending.remove(&request_id);
+                return Vec::new();
+            }
             p.delivery = Delivery::Cancelled;
             p.tx = None;
             p.logs.take().map(|l| l.entries).unwrap_or_default()
         };
-        self.send_later(SupervisorMsg::Cancel { request_id });
         let this = self.clone();
         tokio::spawn(
             async move {
+                if let Err(e) = this
+                    .control
+                    .send(SupervisorMsg::Cancel { request_id })
+                    .await
+                {
+                    debug!(error = %e, request_id, "cancel not delivered");
+                }
                 tokio::time::sleep(this.kill_grace).await;
                 let unanswered = this.pending_map().contains_key(&request_id);
                 if unanswered && !matches!(this.state(), ProcState::Exited(_)) {
@@ -566,6 +611,29 @@ impl WorkerProcess {
             return Err(());
         };
         if let Err(e) = sink.send(msg).await {
+            debug!(error = %e, "write to worker failed");
+            writer.take();
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// Writes an invocation, marking it written as soon as the frame is in
+    /// the channel's buffer (from then on it goes out even if this future is
+    /// dropped).
+    async fn send_invoke(&self, request_id: u64, msg: SupervisorMsg) -> Result<(), ()> {
+        let mut writer = self.writer.lock().await;
+        let Some(sink) = writer.as_mut() else {
+            return Err(());
+        };
+        let mut sent = sink.feed(msg).await;
+        if sent.is_ok() {
+            if let Some(p) = self.pending_map().get_mut(&request_id) {
+                p.written = true;
+            }
+            sent = sink.flush().await;
+        }
+        if let Err(e) = sent {
             debug!(error = %e, "write to worker failed");
             writer.take();
             return Err(());

@@ -1,5 +1,5 @@
 //! Starting a worker process with a clean slate: no environment, no
-//! inherited descriptors but its channel, its own process group and cgroup,
+//! inherited descriptors but its two channels, its own process group and cgroup,
 //! a parent-death signal armed without a race, and a pidfd to kill it by
 //! (never a pid, which the kernel may reuse once the child is reaped).
 
@@ -26,11 +26,15 @@ pub struct Spawned {
 
 pub fn spawn_worker(
     bin: &Path,
-    channel: &std::os::unix::net::UnixStream,
+    channels: [&std::os::unix::net::UnixStream; 2],
     args: &WorkerArgs,
     cgroup: Option<Arc<WorkerCgroup>>,
 ) -> std::io::Result<Spawned> {
-    let fd = channel.as_raw_fd();
+    // Copies numbered 5 and up, so that moving them to 3 and 4 in the child
+    // can never overwrite one with the other.
+    let data = dup_above(channels[0], 5)?;
+    let control = dup_above(channels[1], 5)?;
+    let (data_fd, control_fd) = (data.as_raw_fd(), control.as_raw_fd());
     let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(bin);
     cmd.args(args.to_args())
@@ -40,9 +44,9 @@ pub fn spawn_worker(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    // SAFETY: only async-signal-safe calls (write, dup2, fcntl, prctl,
-    // getppid, setrlimit, syscall) between fork and exec; everything the
-    // closure reads was prepared before the fork.
+    // SAFETY: only async-signal-safe calls (write, dup2, prctl, getppid,
+    // setrlimit, syscall) between fork and exec; everything the closure
+    // reads was prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             // Join the cgroup first, while the procs descriptors are open.
@@ -55,15 +59,11 @@ pub fn spawn_worker(
             if libc::getppid() != parent {
                 return Err(std::io::Error::other("supervisor exited during spawn"));
             }
-            // The channel becomes fd 3, the only descriptor besides stdio.
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                check(flags)?;
-                check(libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
-            } else {
-                check(libc::dup2(fd, 3))?;
-            }
-            check(libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) as i32)?;
+            // The data channel becomes fd 3 and the control channel fd 4,
+            // the only descriptors besides stdio (dup2 clears close-on-exec).
+            check(libc::dup2(data_fd, 3))?;
+            check(libc::dup2(control_fd, 4))?;
+            check(libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) as i32)?;
             // Never dump core: the worker's memory holds secrets.
             let no_core = libc::rlimit {
                 rlim_cur: 0,
@@ -75,6 +75,7 @@ pub fn spawn_worker(
         });
     }
     let child = cmd.spawn()?;
+    drop((data, control));
     let pid = child
         .id()
         .ok_or_else(|| std::io::Error::other("worker exited before it could be tracked"))?;
@@ -90,6 +91,14 @@ fn check(ret: libc::c_int) -> std::io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+fn dup_above(fd: &impl AsRawFd, lowest: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain fcntl; a non-negative result is a new descriptor we own.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, lowest) };
+    check(new)?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {

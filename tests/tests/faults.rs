@@ -77,6 +77,55 @@ fn a_caller_that_leaves_cancels_its_invocation_at_once() {
     }
 }
 
+/// A caller that leaves while its invocation still waits for the worker's
+/// channel (a busy worker, a large payload ahead of it) was never heard of
+/// by the worker: leaving must not count as an unanswered cancel, which
+/// would kill a healthy worker.
+#[test]
+fn a_caller_leaving_before_its_call_was_written_costs_the_worker_nothing() {
+    let sup = Supervisor::start();
+    sup.deploy_with(json!({
+        "id": "busy", "timeout_ms": 20000,
+        "code": "export function handler(d) {\n\
+                   const end = Date.now() + (d.spin ?? 0);\n\
+                   while (Date.now() < end) {}\n\
+                   return d.tag;\n\
+                 }"
+    }))
+    .expect(200, &sup);
+    let pid = sup.worker_pid("busy");
+    let sup = &sup;
+    std::thread::scope(|s| {
+        let spin = s.spawn(|| sup.invoke("busy", r#"{"spin":3000,"tag":"spun"}"#));
+        std::thread::sleep(Duration::from_millis(300));
+        // Far more than a socket buffer: its write waits for the spin to end.
+        let big = format!(r#"{{"tag":"big","pad":"{}"}}"#, "x".repeat(4 << 20));
+        let big = s.spawn(move || sup.invoke("busy", &big));
+        std::thread::sleep(Duration::from_millis(300));
+        invoke_and_leave(
+            sup,
+            "/invoke/busy",
+            r#"{"tag":"left"}"#,
+            Duration::from_millis(300),
+        );
+        assert_eq!(spin.join().unwrap().json, json!("spun"));
+        assert_eq!(big.join().unwrap().json, json!("big"));
+    });
+
+    // Longer than the kill grace (2 s) after the caller left.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        sup.invoke("busy", r#"{"tag":"after"}"#).json,
+        json!("after")
+    );
+    assert_eq!(
+        sup.worker_pid("busy"),
+        pid,
+        "the worker was killed for a call it never received\n{}",
+        sup.context()
+    );
+}
+
 #[test]
 fn a_hook_firing_completes_and_is_recorded_when_its_caller_leaves() {
     let sup = Supervisor::start();

@@ -148,10 +148,13 @@ fn workers_run_with_a_clean_slate() {
     assert_eq!(shared, ["1", "2"], "worker fds: {worker:?}");
     let target = |fd: &str| worker.iter().find(|(f, _)| f == fd).map(|(_, t)| t.clone());
     assert_eq!(target("0").as_deref(), Some("/dev/null"));
-    assert!(
-        target("3").is_some_and(|t| t.starts_with("socket:")),
-        "{worker:?}"
-    );
+    // Its data channel and its control channel.
+    for fd in ["3", "4"] {
+        assert!(
+            target(fd).is_some_and(|t| t.starts_with("socket:")),
+            "fd {fd}: {worker:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,227 +1,209 @@
-//! The supervisor channel, served from its own thread so that cancels are
-//! seen (and runaway JavaScript terminated) while the JS thread is busy.
+//! The supervisor channel. Frames travel on fd 3 and are read and written
+//! by the JS thread itself, so an invocation costs no hop between threads.
+//! Cancels travel on fd 4 too, a control socket that a small watchdog thread
+//! reads: it sees a cancel (and can terminate runaway JavaScript) while the
+//! JS thread is busy.
 
-use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::task::{Context, Poll};
 
-use fn_protocol::{FrameCodec, ProtocolError, SupervisorMsg, WorkerMsg, PROTOCOL_VERSION};
-use futures::{SinkExt, StreamExt};
+use fn_protocol::{FrameCodec, ProtocolError, SupervisorMsg, WorkerMsg};
+use futures::{Sink, Stream};
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::Decoder;
 
 use crate::interrupt::Interrupt;
 
-/// The descriptor the supervisor hands us the socketpair end on.
+/// The descriptor the supervisor hands us the data socket on.
 pub const CHANNEL_FD: i32 = 3;
+/// The control socket: cancels only.
+pub const CONTROL_FD: i32 = 4;
 
-/// Frames from the supervisor not yet taken by the JS thread. When full, the
-/// I/O thread stops reading the socket and the supervisor feels it.
-const INBOX: usize = 1024;
-/// Console lines waiting to be written; beyond this they are dropped.
-pub const LOG_QUEUE: usize = 4096;
+/// Console lines (and their bytes) waiting to be written; beyond either
+/// bound they are dropped. JavaScript that prints in a loop fills the queue
+/// before the thread gets to write any of it, so the line bound exceeds
+/// what one invocation may print by default.
+pub const LOG_QUEUE: usize = 16 * 1024;
+pub const LOG_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+
+pub type Framed =
+    tokio_util::codec::Framed<tokio::net::UnixStream, FrameCodec<SupervisorMsg, WorkerMsg>>;
+
+/// Opens the data socket. Must run inside the JS thread's runtime.
+pub fn open() -> std::io::Result<Framed> {
+    // SAFETY: the supervisor passes the data socket as fd 3 and nothing else
+    // in this process owns it.
+    let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CHANNEL_FD) };
+    std_stream.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(std_stream)?;
+    Ok(tokio_util::codec::Framed::new(
+        stream,
+        FrameCodec::default(),
+    ))
+}
 
 /// Everything the worker sends, in one queue so that an invocation's
-/// console lines always arrive before its result. Results and control
+/// console lines always go out before its result. Results and control
 /// messages are never dropped (they answer what the supervisor sent, and
 /// the supervisor bounds that); console lines are dropped once `LOG_QUEUE`
-/// of them wait.
-#[derive(Clone)]
-pub struct Outbox {
-    tx: mpsc::UnboundedSender<WorkerMsg>,
-    queued_logs: Arc<AtomicUsize>,
+/// of them wait. Shared by the serve loop and the console op, both on the
+/// JS thread.
+#[derive(Clone, Default)]
+pub struct Outbox(Rc<RefCell<Queue>>);
+
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<WorkerMsg>,
+    logs: usize,
+    log_bytes: usize,
+}
+
+fn log_len(msg: &WorkerMsg) -> Option<usize> {
+    match msg {
+        WorkerMsg::Log { text, .. } => Some(text.len()),
+        _ => None,
+    }
 }
 
 impl Outbox {
-    pub fn send(&self, msg: WorkerMsg) -> Result<(), ()> {
-        self.tx.send(msg).map_err(|_| ())
+    /// Queues a message that is never dropped. Console notices count
+    /// against the console bounds too, without being refused by them.
+    pub fn send(&self, msg: WorkerMsg) {
+        let mut q = self.0.borrow_mut();
+        if let Some(len) = log_len(&msg) {
+            q.logs += 1;
+            q.log_bytes += len;
+        }
+        q.messages.push_back(msg);
     }
 
     /// Queues a console line; false if it was dropped.
     pub fn log(&self, msg: WorkerMsg) -> bool {
-        if self.queued_logs.load(Ordering::Relaxed) >= LOG_QUEUE {
+        let len = log_len(&msg).unwrap_or(0);
+        let mut q = self.0.borrow_mut();
+        if q.logs >= LOG_QUEUE || q.log_bytes + len > LOG_QUEUE_BYTES {
             return false;
         }
-        self.queued_logs.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(msg).is_ok()
+        q.logs += 1;
+        q.log_bytes += len;
+        q.messages.push_back(msg);
+        true
     }
-}
 
-/// The JS thread's ends of the channel.
-pub struct Channel {
-    pub inbox: mpsc::Receiver<SupervisorMsg>,
-    pub outbox: Outbox,
-    flushed: std::sync::mpsc::Receiver<()>,
-}
-
-impl Channel {
-    /// Closes our side and waits (bounded) until the I/O thread has written
-    /// everything queued, so a final result reaches the supervisor before
-    /// the process exits.
-    pub fn close_and_flush(self, within: Duration) {
-        let Channel {
-            inbox,
-            outbox,
-            flushed,
-        } = self;
-        drop(outbox);
-        let _ = flushed.recv_timeout(within);
-        drop(inbox);
+    pub fn has_log_room(&self) -> bool {
+        let q = self.0.borrow();
+        q.logs < LOG_QUEUE && q.log_bytes < LOG_QUEUE_BYTES
     }
-}
 
-/// Starts the I/O thread. `interrupt` is filled in once the isolate exists;
-/// cancels that arrive before that cannot concern running JavaScript.
-pub fn start(interrupt: Arc<OnceLock<Arc<Interrupt>>>) -> std::io::Result<Channel> {
-    // SAFETY: the supervisor passes the socket as fd 3 and nothing else in
-    // this process owns it.
-    let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CHANNEL_FD) };
-    std_stream.set_nonblocking(true)?;
-    let (in_tx, inbox) = mpsc::channel(INBOX);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let queued_logs = Arc::new(AtomicUsize::new(0));
-    let outbox = Outbox {
-        tx: out_tx,
-        queued_logs: queued_logs.clone(),
-    };
-    let (flushed_tx, flushed) = std::sync::mpsc::channel();
-    let hello = outbox.clone();
-    std::thread::Builder::new()
-        .name("fn-channel".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("fn-worker: cannot start the channel runtime: {e}");
-                    std::process::exit(fn_protocol::WorkerExit::Internal.code());
-                }
-            };
-            let ends = Ends {
-                in_tx,
-                out_rx,
-                queued_logs,
-            };
-            match rt.block_on(serve(std_stream, ends, interrupt)) {
-                // Our side finished writing: the JS thread decides the exit.
-                Ok(Finished::Flushed) => {
-                    let _ = flushed_tx.send(());
-                }
-                // The supervisor hung up: nothing is left to do.
-                Ok(Finished::PeerClosed) => std::process::exit(0),
-                Err(e) => {
-                    eprintln!("fn-worker: channel failed: {e}");
-                    std::process::exit(fn_protocol::WorkerExit::Protocol.code());
-                }
-            }
-        })?;
-    let _ = hello.send(WorkerMsg::Hello {
-        version: PROTOCOL_VERSION,
-        pid: std::process::id(),
-    });
-    Ok(Channel {
-        inbox,
-        outbox,
-        flushed,
-    })
-}
+    pub fn is_empty(&self) -> bool {
+        self.0.borrow().messages.is_empty()
+    }
 
-struct Ends {
-    in_tx: mpsc::Sender<SupervisorMsg>,
-    out_rx: mpsc::UnboundedReceiver<WorkerMsg>,
-    queued_logs: Arc<AtomicUsize>,
-}
-
-enum Finished {
-    Flushed,
-    PeerClosed,
-}
-
-async fn serve(
-    stream: std::os::unix::net::UnixStream,
-    ends: Ends,
-    interrupt: Arc<OnceLock<Arc<Interrupt>>>,
-) -> Result<Finished, ProtocolError> {
-    let Ends {
-        in_tx,
-        mut out_rx,
-        queued_logs,
-    } = ends;
-    let stream = tokio::net::UnixStream::from_std(stream)?;
-    let (sink, mut frames) =
-        Framed::new(stream, FrameCodec::<SupervisorMsg, WorkerMsg>::default()).split();
-    // Shared by the writer and the reader, which acknowledges an invocation
-    // (in the socket) before JavaScript can see it.
-    let sink = Arc::new(tokio::sync::Mutex::new(sink));
-    let acks = sink.clone();
-    let writer = async move {
-        while let Some(msg) = out_rx.recv().await {
-            if matches!(msg, WorkerMsg::Log { .. }) {
-                queued_logs.fetch_sub(1, Ordering::Relaxed);
-            }
-            let mut sink = sink.lock().await;
-            sink.feed(msg).await?;
-            // One flush per burst: fewer writes when many frames are queued.
-            if out_rx.is_empty() {
-                sink.flush().await?;
-            }
-        }
-        sink.lock().await.flush().await?;
-        Ok::<_, ProtocolError>(Finished::Flushed)
-    };
-    let watch = interrupt.clone();
-    let watchdog = async move {
+    /// Writes what it can. `Ready(Ok)` once everything queued is in the
+    /// socket.
+    pub fn poll_flush(
+        &self,
+        framed: &mut Framed,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ProtocolError>> {
         loop {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            if let Some(i) = watch.get() {
-                i.tick();
+            let Some(msg) = self.0.borrow_mut().messages.pop_front() else {
+                break;
+            };
+            match Pin::new(&mut *framed).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.0.borrow_mut().messages.push_front(msg);
+                    return Poll::Pending;
+                }
             }
+            if let Some(len) = log_len(&msg) {
+                let mut q = self.0.borrow_mut();
+                q.logs -= 1;
+                q.log_bytes -= len;
+            }
+            Pin::new(&mut *framed).start_send(msg)?;
         }
-    };
-    let reader = async move {
-        match frames.next().await.transpose()? {
-            Some(SupervisorMsg::Hello { version }) if version == PROTOCOL_VERSION => {}
-            Some(SupervisorMsg::Hello { version }) => {
-                return Err(ProtocolError::VersionMismatch {
-                    ours: PROTOCOL_VERSION,
-                    theirs: version,
-                })
+        Pin::new(&mut *framed).poll_flush(cx)
+    }
+}
+
+/// Polls the next frame from the supervisor.
+pub fn poll_frame(
+    framed: &mut Framed,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<SupervisorMsg, ProtocolError>>> {
+    Pin::new(framed).poll_next(cx)
+}
+
+/// Starts the watchdog thread on the control socket. Cancels it reads are
+/// recorded in `interrupt` (once the isolate exists) and handed to the JS
+/// thread through the returned receiver.
+pub fn start_control(
+    interrupt: Arc<OnceLock<Arc<Interrupt>>>,
+) -> std::io::Result<mpsc::UnboundedReceiver<u64>> {
+    // SAFETY: the supervisor passes the control socket as fd 4 and nothing
+    // else in this process owns it.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("fn-control".into())
+        .spawn(move || watch(stream, interrupt, tx))?;
+    Ok(rx)
+}
+
+fn watch(
+    mut stream: std::os::unix::net::UnixStream,
+    interrupt: Arc<OnceLock<Arc<Interrupt>>>,
+    cancels: mpsc::UnboundedSender<u64>,
+) {
+    let mut codec = FrameCodec::<SupervisorMsg, WorkerMsg>::default();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Checks on the JS thread only while a cancelled invocation's code
+        // may still run: an idle worker costs no wake-ups.
+        let watching = interrupt.get().is_some_and(|i| i.watching());
+        let mut pfd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, if watching { 10 } else { -1 }) };
+        if ready > 0 {
+            match stream.read(&mut chunk) {
+                // The supervisor is gone; the JS thread sees it on fd 3.
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
-            Some(other) => {
-                return Err(ProtocolError::Unexpected {
-                    expected: "Hello",
-                    received: format!("{other:?}"),
-                })
-            }
-            None => return Ok(Finished::PeerClosed),
-        }
-        while let Some(msg) = frames.next().await.transpose()? {
-            match &msg {
-                SupervisorMsg::Cancel { request_id } => {
-                    if let Some(i) = interrupt.get() {
-                        i.cancel_seen(*request_id);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(SupervisorMsg::Cancel { request_id })) => {
+                        if let Some(i) = interrupt.get() {
+                            i.cancel_seen(request_id);
+                        }
+                        let _ = cancels.send(request_id);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("fn-worker: control channel failed: {e}");
+                        return;
                     }
                 }
-                SupervisorMsg::Invoke { request_id, .. } => {
-                    let accepted = WorkerMsg::Accepted {
-                        request_id: *request_id,
-                    };
-                    acks.lock().await.send(accepted).await?;
-                }
-                _ => {}
-            }
-            if in_tx.send(msg).await.is_err() {
-                break;
             }
         }
-        Ok(Finished::PeerClosed)
-    };
-    tokio::select! {
-        r = writer => r,
-        r = reader => r,
-        _ = watchdog => unreachable!("the watchdog never ends"),
+        if let Some(i) = interrupt.get() {
+            i.tick();
+        }
     }
 }

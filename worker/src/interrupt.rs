@@ -26,6 +26,11 @@ pub const PROBE_AFTER: Duration = Duration::from_millis(20);
 /// stopped when they spin after the cancel was answered.
 const REMEMBERED_CANCELS: usize = 1024;
 
+/// How long a cancelled id is remembered. Only while some are remembered
+/// does the I/O thread keep checking on the JS thread: an idle worker
+/// costs no wake-ups.
+const REMEMBER_FOR: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Running {
     Idle,
@@ -50,7 +55,7 @@ struct State {
     since: Instant,
     terminated: Option<Terminated>,
     cancelled: HashSet<u64>,
-    cancel_order: VecDeque<u64>,
+    cancel_order: VecDeque<(u64, Instant)>,
     probe_pending: bool,
 }
 
@@ -105,15 +110,29 @@ impl Interrupt {
         {
             let mut s = self.lock();
             if s.cancelled.insert(request_id) {
-                s.cancel_order.push_back(request_id);
+                s.cancel_order.push_back((request_id, Instant::now()));
                 if s.cancel_order.len() > REMEMBERED_CANCELS {
-                    if let Some(old) = s.cancel_order.pop_front() {
+                    if let Some((old, _)) = s.cancel_order.pop_front() {
                         s.cancelled.remove(&old);
                     }
                 }
             }
         }
         self.tick();
+    }
+
+    /// Whether the I/O thread must keep checking (some cancelled
+    /// invocation's code may still run); forgets old cancels.
+    pub fn watching(&self) -> bool {
+        let mut s = self.lock();
+        while let Some((id, at)) = s.cancel_order.front().copied() {
+            if at.elapsed() < REMEMBER_FOR {
+                break;
+            }
+            s.cancel_order.pop_front();
+            s.cancelled.remove(&id);
+        }
+        !s.cancelled.is_empty()
     }
 
     /// Called by the I/O thread periodically (and on every cancel).

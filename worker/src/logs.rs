@@ -29,7 +29,15 @@ pub struct LogGate {
 }
 
 /// A line to send: its invocation (if still running) and its text.
-pub type Line = (Option<u64>, String);
+#[derive(Debug, PartialEq, Eq)]
+pub struct Line {
+    pub owner: Option<u64>,
+    pub text: String,
+    /// Ours, not the function's: a truncation or drop notice. There are few
+    /// of them (one per invocation, one a second), and they are never
+    /// dropped on the way out.
+    pub notice: bool,
+}
 
 impl LogGate {
     pub fn new(limits: LogLimits) -> Self {
@@ -69,13 +77,14 @@ impl LogGate {
             .noticed
             .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1));
         if self.dropped > 0 && due {
-            out.push((
-                None,
-                format!(
+            out.push(Line {
+                owner: None,
+                text: format!(
                     "[{} console lines dropped: more than {} lines per second]",
                     self.dropped, self.limits.lines_per_second
                 ),
-            ));
+                notice: true,
+            });
             self.dropped = 0;
             self.noticed = Some(now);
         }
@@ -86,6 +95,7 @@ impl LogGate {
         }
         let mut line = text[..end].to_owned();
         truncate_text(&mut line, MAX_TEXT_BYTES);
+        let mut notice = false;
         if let Some(id) = owner {
             let max_bytes = self.limits.bytes_per_invocation as usize;
             let max_lines = self.limits.lines_per_invocation;
@@ -103,11 +113,16 @@ impl LogGate {
                      per invocation]"
                 ));
                 budget.cut = true;
+                notice = true;
             }
             budget.lines += 1;
             budget.bytes += cost;
         }
-        out.push((owner, line));
+        out.push(Line {
+            owner,
+            text: line,
+            notice,
+        });
         out
     }
 
@@ -155,7 +170,8 @@ mod tests {
         let now = Instant::now();
         let sent: Vec<_> = (0..100).flat_map(|_| g.admit(Some(1), "", now)).collect();
         assert_eq!(sent.len(), 11, "{sent:?}");
-        assert!(sent[10].1.contains("truncated"), "{:?}", sent[10]);
+        assert!(sent[10].text.contains("truncated"), "{:?}", sent[10]);
+        assert!(sent[10].notice && !sent[9].notice);
     }
 
     #[test]
@@ -165,8 +181,8 @@ mod tests {
         let now = Instant::now();
         let sent = g.admit(Some(7), &"x".repeat(10_000), now);
         assert_eq!(sent.len(), 1);
-        assert!(sent[0].1.len() < 400, "{}", sent[0].1.len());
-        assert!(sent[0].1.contains("console output truncated"));
+        assert!(sent[0].text.len() < 400, "{}", sent[0].text.len());
+        assert!(sent[0].text.contains("console output truncated"));
         assert!(g.admit(Some(7), "more", now).is_empty());
     }
 
@@ -185,7 +201,14 @@ mod tests {
         g.begin(1);
         g.end(1);
         let sent = g.admit(Some(1), "late", Instant::now());
-        assert_eq!(sent, vec![(None, "late".to_string())]);
+        assert_eq!(
+            sent,
+            vec![Line {
+                owner: None,
+                text: "late".to_string(),
+                notice: false
+            }]
+        );
         assert!(g.active.is_empty());
         // Ids that never ran are not tracked either.
         g.admit(Some(999), "forged", Instant::now());
@@ -200,13 +223,17 @@ mod tests {
         assert_eq!(sent.len(), 10);
         let later = g.admit(None, "y", t0 + Duration::from_secs(1));
         assert_eq!(later.len(), 2, "{later:?}");
-        assert!(later[0].1.contains("90 console lines dropped"), "{later:?}");
+        assert!(
+            later[0].text.contains("90 console lines dropped"),
+            "{later:?}"
+        );
+        assert!(later[0].notice && !later[1].notice);
     }
 
     #[test]
     fn huge_lines_are_bounded() {
         let mut g = LogGate::new(limits(u32::MAX, u32::MAX, 1_000_000));
         let sent = g.admit(None, &"y".repeat(10 * MAX_TEXT_BYTES), Instant::now());
-        assert!(sent[0].1.len() <= MAX_TEXT_BYTES);
+        assert!(sent[0].text.len() <= MAX_TEXT_BYTES);
     }
 }

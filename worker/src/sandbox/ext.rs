@@ -16,19 +16,35 @@ use crate::logs::LogGate;
 pub struct LogSink {
     pub tx: crate::channel::Outbox,
     pub gate: LogGate,
-    /// Lines lost because the channel to the supervisor was full.
+    /// Lines lost because too many waited to be written; reported once
+    /// there is room again.
     pub overflowed: u64,
 }
 
 impl LogSink {
     fn record(&mut self, raw: &str, is_err: bool) {
         let (request_id, level, text) = parse_print(raw, is_err);
-        for (owner, text) in self.gate.admit(request_id, text, Instant::now()) {
+        for line in self.gate.admit(request_id, text, Instant::now()) {
             let msg = WorkerMsg::Log {
-                request_id: owner,
+                request_id: line.owner,
                 level,
-                text,
+                text: line.text,
             };
+            if line.notice {
+                self.tx.send(msg);
+                continue;
+            }
+            if self.overflowed > 0 && self.tx.has_log_room() {
+                self.tx.send(WorkerMsg::Log {
+                    request_id: None,
+                    level: LogLevel::Warn,
+                    text: format!(
+                        "[{} console lines dropped: printed faster than they could be written]",
+                        self.overflowed
+                    ),
+                });
+                self.overflowed = 0;
+            }
             // Backpressure for console output is dropping it: a chatty
             // function must not stall its own results or the supervisor.
             if !self.tx.log(msg) {

@@ -67,8 +67,8 @@ pub struct BootOptions {
     pub ca_certs: Vec<String>,
     pub log_limits: LogLimits,
     pub outbox: crate::channel::Outbox,
-    /// The protocol socket, registered so user code cannot adopt it.
-    pub channel_fd: i32,
+    /// The protocol sockets, registered so user code cannot adopt them.
+    pub channel_fds: [i32; 2],
 }
 
 fn dev_null() -> Result<Stdio, String> {
@@ -237,9 +237,10 @@ impl Sandbox {
                 gate: LogGate::new(opts.log_limits),
                 overflowed: 0,
             });
-            state
-                .borrow_mut::<deno_runtime::deno_io::FdTable>()
-                .register_uv_owned(opts.channel_fd);
+            let fds = state.borrow_mut::<deno_runtime::deno_io::FdTable>();
+            for fd in opts.channel_fds {
+                fds.register_uv_owned(fd);
+            }
         }
         let setup = worker
             .execute_script("[fn:setup]", ModuleCodeString::from_static(SETUP_JS))
@@ -337,12 +338,6 @@ impl Sandbox {
         futures::executor::block_on(call)
             .map(|_| ())
             .map_err(|e| e.to_string())
-    }
-
-    /// Drops the console sink (and its channel sender).
-    pub fn close_logs(&mut self) {
-        let state = self.worker.js_runtime.op_state();
-        let _ = state.borrow_mut().try_take::<ext::LogSink>();
     }
 
     fn memory_message(&self) -> String {
