@@ -86,7 +86,7 @@ impl FunctionLogs {
             target: "function_console",
             function = %self.function,
             request_id,
-            level = level.as_str(),
+            console_level = level.as_str(),
             "{escaped}"
         );
         self.push(LogLine {

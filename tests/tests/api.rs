@@ -371,7 +371,7 @@ fn console_output_is_captured_per_invocation() {
     assert!(line("after-await-1").contains("request_id=1"));
     assert!(line("after-await-2").contains("request_id=2"));
     assert!(
-        line("after-await-2").contains("level=\"error\"")
-            || line("after-await-2").contains("level=error")
+        line("after-await-2").contains("console_level=\"error\"")
+            || line("after-await-2").contains("console_level=error")
     );
 }

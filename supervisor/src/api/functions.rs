@@ -253,6 +253,23 @@ pub async fn deploy(
     State(state): State<Arc<AppState>>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let result = deploy_body(state.clone(), req).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(ApiError::BadRequest(_) | ApiError::BadCode(_) | ApiError::PayloadTooLarge { .. }) => {
+            "rejected"
+        }
+        Err(_) => "error",
+    };
+    state
+        .metrics
+        .deploys
+        .get_or_create(&crate::metrics::Outcome { outcome })
+        .inc();
+    result
+}
+
+async fn deploy_body(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     if state.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
