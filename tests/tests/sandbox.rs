@@ -161,3 +161,57 @@ fn nested_workers_fail_cleanly_and_the_supervisor_serves_on() {
     assert_eq!(out["ok"], false, "{out}");
     assert_eq!(sup.get("/healthz").json["status"], "ok");
 }
+
+/// Small SHA digests are computed on the worker's JS thread instead of
+/// Deno's blocking pool: same bytes for every kind of input, and every
+/// case it does not handle (errors included) is still Deno's answer.
+#[test]
+fn inline_webcrypto_digests_match_denos_own() {
+    let sup = Supervisor::start();
+    // `{ name }` dictionaries always take Deno's path, so they are the
+    // reference.
+    let code = r#"
+const hex = (b) => Array.from(new Uint8Array(b), (x) => x.toString(16).padStart(2, "0")).join("");
+const outcome = async (f) => { try { return hex(await f()); } catch (e) { return `${e.name}: ${e.message}`; } };
+export async function handler() {
+  const base = new TextEncoder().encode("the quick brown fox jumps over the lazy dog");
+  const detached = new ArrayBuffer(8);
+  structuredClone(detached, { transfer: [detached] });
+  const inputs = {
+    bytes: base, sub: base.subarray(3, 20), view: new DataView(base.buffer, 5, 10),
+    buffer: base.buffer, empty: new Uint8Array(0), words: new Uint32Array([1, 2, 3]),
+    large: new Uint8Array(100000).fill(7), shared: new Uint8Array(new SharedArrayBuffer(8)),
+    detached, text: "not a buffer", missing: undefined,
+  };
+  const differ = [];
+  let compared = 0;
+  for (const alg of ["SHA-1", "sha-256", "SHA-384", "Sha-512", "SHA-999"]) {
+    for (const [k, v] of Object.entries(inputs)) {
+      const args = k === "missing" ? [] : [v];
+      const fast = await outcome(() => crypto.subtle.digest(alg, ...args));
+      const slow = await outcome(() => crypto.subtle.digest({ name: alg }, ...args));
+      compared += 1;
+      if (fast !== slow) differ.push({ alg, k, fast, slow });
+    }
+  }
+  const known = await outcome(() => crypto.subtle.digest("SHA-256", new TextEncoder().encode("abc")));
+  const wrongThis = await outcome(() => SubtleCrypto.prototype.digest.call({}, "SHA-256", base));
+  return { differ, compared, known, wrongThis, isPromise: crypto.subtle.digest("SHA-1", base) instanceof Promise };
+}
+"#;
+    sup.deploy_ok("digest", code);
+    let r = sup.invoke("digest", "");
+    r.expect(200, &sup);
+    assert_eq!(r.json["differ"], json!([]), "{}", r.json);
+    assert_eq!(r.json["compared"], json!(55));
+    assert_eq!(
+        r.json["known"],
+        json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
+    assert!(
+        r.json["wrongThis"].as_str().unwrap().contains("TypeError"),
+        "{}",
+        r.json
+    );
+    assert_eq!(r.json["isPromise"], json!(true));
+}

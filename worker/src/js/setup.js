@@ -1,5 +1,5 @@
 // Runs once after Deno's bootstrap and before the function's code. Returns
-// the worker's private entry points; nothing here is reachable from user
+// the worker's private entry points (and a one-time installer); nothing here is reachable from user
 // code afterwards, so a function cannot replace or forge them.
 ((internals) => {
   const core = internals.core;
@@ -78,6 +78,45 @@
     permissions.requestSync = (desc) =>
       freeze({ state: "denied", partial: false, onchange: null, name: desc?.name });
   }
+  // WebCrypto digests of small buffers are computed inline (the worker
+  // passes `digestInline`, see inline_digest in ext.rs); everything else,
+  // including every error, is Deno's own. The helpers are captured now,
+  // before user code can replace them.
+  const SubtleProto = globalThis.SubtleCrypto?.prototype;
+  const slowDigest = SubtleProto?.digest;
+  const subtle = globalThis.crypto?.subtle;
+  const lower = Function.prototype.call.bind(String.prototype.toLowerCase);
+  const apply = Reflect.apply;
+  const digestNames = freeze({
+    __proto__: null,
+    "sha-1": "SHA-1",
+    "sha-256": "SHA-256",
+    "sha-384": "SHA-384",
+    "sha-512": "SHA-512",
+  });
+  const installDigest = (digestInline) => {
+    if (typeof slowDigest !== "function" || subtle === undefined) return;
+    const inline = {
+      async digest(algorithm, data) {
+        if (this === subtle && typeof algorithm === "string" && arguments.length >= 2) {
+          const name = digestNames[lower(algorithm)];
+          if (name !== undefined) {
+            const out = digestInline(name, data);
+            if (out !== null) return out;
+          }
+        }
+        return await apply(slowDigest, this, arguments);
+      },
+    }.digest;
+    defineProperty(inline, "length", { value: slowDigest.length, configurable: true });
+    defineProperty(SubtleProto, "digest", {
+      value: inline,
+      writable: true,
+      enumerable: true,
+      configurable: true,
+    });
+  };
+
   // `Deno[Deno.internal]` exposes core (print, ops, async context): remove
   // it so user code cannot forge log attribution or reach raw ops.
   delete Deno[Deno.internal];
@@ -112,5 +151,5 @@
     }
   }
 
-  return [run, setSecrets];
+  return [run, setSecrets, installDigest];
 })(Deno[Deno.internal])

@@ -247,19 +247,27 @@ impl Sandbox {
             .map_err(|e| internal(format!("setup script failed: {e}")))?;
         let (run_fn, set_secrets_fn) = {
             deno_core::scope!(scope, &mut worker.js_runtime);
-            let pair = v8::Local::new(scope, setup);
-            let pair = v8::Local::<v8::Array>::try_from(pair)
+            let list = v8::Local::new(scope, setup);
+            let list = v8::Local::<v8::Array>::try_from(list)
                 .map_err(|_| internal("setup returned no entry points"))?;
             let mut fns = Vec::new();
-            for i in 0..2 {
-                let f = pair
+            for i in 0..3 {
+                let f = list
                     .get_index(scope, i)
                     .and_then(|v| v8::Local::<v8::Function>::try_from(v).ok())
                     .ok_or_else(|| internal("setup returned no entry points"))?;
-                fns.push(v8::Global::new(scope, f));
+                fns.push(f);
             }
-            let set = fns.pop().expect("two functions");
-            (fns.pop().expect("two functions"), set)
+            let digest = v8::Function::new(scope, ext::inline_digest)
+                .ok_or_else(|| internal("cannot create the digest function"))?;
+            let undefined = v8::undefined(scope).into();
+            fns[2]
+                .call(scope, undefined, &[digest.into()])
+                .ok_or_else(|| internal("setup could not install the inline digest"))?;
+            (
+                v8::Global::new(scope, fns[0]),
+                v8::Global::new(scope, fns[1]),
+            )
         };
         Ok(Self {
             worker,
