@@ -355,6 +355,7 @@ impl Function {
 
     /// Stops the function's worker and waits until the process is reaped.
     pub async fn stop(&self, mode: StopMode) {
+        let mut done = self.done.subscribe();
         self.stop.send_if_modified(|m| {
             if *m == StopMode::Running || (mode == StopMode::Kill && *m != StopMode::Kill) {
                 *m = mode;
@@ -363,7 +364,6 @@ impl Function {
                 false
             }
         });
-        let mut done = self.done.subscribe();
         let _ = done.wait_for(|d| *d).await;
     }
 
@@ -503,7 +503,10 @@ impl Function {
             }
         }
         self.slot.send_replace(Slot::Stopped);
-        let _ = self.done.send(true);
+        // Stored even when nobody waits yet: `send` would drop the value
+        // without receivers, and a `stop` subscribing a moment later would
+        // then wait forever (a shutdown or delete that never finished).
+        self.done.send_replace(true);
     }
 
     fn worker_exited(&self, process: &WorkerProcess, info: ExitInfo) {

@@ -80,7 +80,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    let _ = closing.send(true);
+    closing.send_replace(true);
     connections.close();
     connections
 }
