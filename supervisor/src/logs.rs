@@ -47,8 +47,14 @@ pub struct FunctionLogs {
     max_lines: usize,
     max_bytes: usize,
     ring: Mutex<Ring>,
-    follow: broadcast::Sender<LogLine>,
+    /// Made for the first follower and dropped once none is left: a
+    /// broadcast channel allocates all its slots up front (about 100 KiB),
+    /// which every one of thousands of functions would otherwise carry.
+    follow: Mutex<Option<broadcast::Sender<LogLine>>>,
 }
+
+/// Lines a follower may fall behind by before it is told it skipped some.
+const FOLLOW_BACKLOG: usize = 1024;
 
 #[derive(Default)]
 struct Ring {
@@ -69,13 +75,12 @@ impl FunctionLogs {
     }
 
     pub fn named(function: &str, max_lines: usize, max_bytes: usize) -> Self {
-        let (follow, _) = broadcast::channel(1024);
         Self {
             function: function.to_owned(),
             max_lines: max_lines.max(1),
             max_bytes: max_bytes.max(1),
             ring: Mutex::new(Ring::default()),
-            follow,
+            follow: Mutex::new(None),
         }
     }
 
@@ -123,7 +128,12 @@ impl FunctionLogs {
                 }
             }
         }
-        let _ = self.follow.send(line);
+        let mut follow = self.follow.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = follow.as_ref() {
+            if tx.send(line).is_err() {
+                *follow = None;
+            }
+        }
     }
 
     /// The newest `n` lines, oldest first.
@@ -134,7 +144,10 @@ impl FunctionLogs {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<LogLine> {
-        self.follow.subscribe()
+        let mut follow = self.follow.lock().unwrap_or_else(|p| p.into_inner());
+        follow
+            .get_or_insert_with(|| broadcast::channel(FOLLOW_BACKLOG).0)
+            .subscribe()
     }
 }
 
@@ -169,5 +182,23 @@ mod tests {
             (line.kind, line.level, line.text.as_str()),
             ("console", "warn", "hello")
         );
+    }
+
+    #[tokio::test]
+    async fn the_follow_channel_exists_only_while_someone_follows() {
+        let logs = FunctionLogs::new(10, 10_000);
+        logs.lifecycle("info", "before".into());
+        assert!(logs.follow.lock().unwrap().is_none());
+        let mut rx = logs.subscribe();
+        logs.lifecycle("info", "during".into());
+        assert_eq!(rx.recv().await.unwrap().text, "during");
+        drop(rx);
+        logs.lifecycle("info", "after".into());
+        assert!(logs.follow.lock().unwrap().is_none());
+        // A new follower gets a new channel and only new lines.
+        let mut rx = logs.subscribe();
+        logs.lifecycle("info", "again".into());
+        assert_eq!(rx.recv().await.unwrap().text, "again");
+        assert_eq!(logs.tail(10).len(), 4);
     }
 }
