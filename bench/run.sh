@@ -3,7 +3,8 @@
 # when missing, runs fn-bench and writes bench/RESULTS.md and
 # bench/results.json.
 #
-#   bench/run.sh            full run (about 15 minutes, includes --capacity)
+#   bench/run.sh            full run (about 25 minutes, includes --capacity and
+#                           --evicted 10000)
 #   bench/run.sh --quick    smoke run (about 3 minutes)
 #
 # Other arguments go to fn-bench (`fn-bench --help`), e.g. `--repeat 5`.
@@ -54,7 +55,7 @@ fi
 
 extra=()
 if [ "$quick" = 0 ]; then
-  extra+=(--capacity)
+  extra+=(--capacity --evicted 10000)
 fi
 
 cd "$root"

@@ -17,6 +17,8 @@ pub struct Answer {
     pub status: u16,
     pub body: String,
     pub version: Option<String>,
+    /// fn-supervisor's `x-cold-start` header.
+    pub cold: Option<bool>,
     pub ms: f64,
 }
 
@@ -53,6 +55,7 @@ impl Api {
         };
         let status = resp.status();
         let version = resp.header("x-function-version").map(str::to_owned);
+        let cold = resp.header("x-cold-start").map(|v| v == "true");
         let mut body = String::new();
         resp.into_reader()
             .take(16 << 20)
@@ -61,6 +64,7 @@ impl Api {
             status,
             body,
             version,
+            cold,
             ms: t.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -80,6 +84,10 @@ impl Api {
 
     pub fn invoke(&self, id: &str, body: &str) -> Result<Answer> {
         self.send("POST", &format!("/invoke/{id}"), Some(body))
+    }
+
+    pub fn get(&self, path: &str) -> Result<Answer> {
+        self.send("GET", path, None)
     }
 
     pub fn delete(&self, id: &str) -> Result<Answer> {

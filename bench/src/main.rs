@@ -18,6 +18,7 @@
 //! builds everything and installs the load tools first.
 
 mod api;
+mod evict;
 mod openloop;
 mod procs;
 mod report;
@@ -101,6 +102,11 @@ pub struct Args {
     /// Capacity: stop after this many functions.
     #[arg(long, default_value_t = 500)]
     pub capacity_max: usize,
+    /// Evicted: deploy this many functions to a supervisor that stops
+    /// workers after 1 s idle, then time first calls (0: skip; never with
+    /// --quick).
+    #[arg(long, default_value_t = 0)]
+    pub evicted: usize,
     /// Directory with fn-supervisor, fn-worker and axum-hello [default: next to this binary].
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -217,6 +223,7 @@ pub struct Results {
     pub crashes: Option<Crashes>,
     pub timeouts: Option<Timeouts>,
     pub capacity: Option<Capacity>,
+    pub evicted: Option<evict::Evicted>,
     pub seed_available: bool,
     /// Things that went wrong or look off; printed in the report.
     pub notes: Vec<String>,
@@ -587,6 +594,17 @@ fn run(
     }
     progress("stopping fn-supervisor");
     drop(ours);
+    if args.evicted > 0 && !args.quick {
+        progress(format!(
+            "evicted: {} functions, 1 s idle eviction",
+            args.evicted
+        ));
+        let gap = Duration::from_millis(args.deploy_gap_ms);
+        match evict::run(bin_dir, tmp, args.evicted, gap) {
+            Ok(e) => r.evicted = Some(e),
+            Err(e) => r.notes.push(format!("evicted failed: {e:#}")),
+        }
+    }
     Ok(())
 }
 

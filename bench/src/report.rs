@@ -586,6 +586,50 @@ fn rows(r: &Results) -> Vec<Row> {
         ));
     }
 
+    if let Some(e) = &r.evicted {
+        let first = Dist::of(e.first_call_ms.clone());
+        rows.push(
+            Row::new(
+                "evicted_functions",
+                "idle eviction: functions deployed (1 s idle eviction)",
+                Unit::Count,
+                Some(e.deployed as f64),
+            )
+            .text(format!(
+                "{} in {:.0} s ({} failed); {} live workers after",
+                e.deployed,
+                e.seconds,
+                e.deploy_failures,
+                e.live_after.map_or("?".into(), |n| n.to_string())
+            ))
+            .goal("≥ 10,000", |o, _| Some(o >= 10_000.0)),
+        );
+        rows.push(
+            Row::new(
+                "evicted_first_call_max_ms",
+                "idle eviction: first call of an evicted function, max",
+                Unit::Ms,
+                first.as_ref().map(|d| d.max),
+            )
+            .goal("≤ 30 ms", le(30.0)),
+        );
+        rows.push(
+            Row::new(
+                "evicted_first_call_p50_ms",
+                "idle eviction: first call p50",
+                Unit::Ms,
+                first.as_ref().map(|d| d.p50),
+            )
+            .text(format!(
+                "{} ({} of {} reported cold, {} failed)",
+                first.as_ref().map_or("–".into(), |d| fmt(d.p50, Unit::Ms)),
+                e.cold,
+                e.first_call_ms.len(),
+                e.call_failures
+            )),
+        );
+    }
+
     let crash = r.crashes.as_ref().and_then(|c| Dist::of(c.ms.clone()));
     rows.push(
         Row::new(
@@ -810,6 +854,11 @@ numbers come from one run: compare within it, not across runs.\n\n",
             "mem_drop_invoked_mib": c.mem_drop_invoked_mib,
             "deploy_ms": c.deploy_ms, "deploy_failures": c.deploy_failures,
             "invoked": c.invoked, "invoke_failures": c.invoke_failures,
+        })),
+        "evicted": r.evicted.as_ref().map(|e| json!({
+            "deployed": e.deployed, "deploy_failures": e.deploy_failures, "seconds": e.seconds,
+            "deploy_ms": dist_json(&Dist::of(e.deploy_ms.clone())), "live_after": e.live_after,
+            "first_call_ms": e.first_call_ms, "cold": e.cold, "call_failures": e.call_failures,
         })),
         "seed_available": r.seed_available,
         "notes": notes,
