@@ -58,17 +58,24 @@ enum BootReply {
 /// Spawns a worker and waits until its runtime has booted.
 pub async fn boot(spec: &BootSpec) -> Result<Booted, StartError> {
     let started = Instant::now();
-    let (mut framed, control, mut child, pid, pidfd) = spawn(spec)?;
+    let (mut framed, control, mut child, pid, pidfd) = spawn(spec).await?;
+    let join = join_cgroup(&spec.cgroup, pid);
     let span = tracing::info_span!(parent: None, "worker", pid);
     spawn::forward_stdio(&mut child, span.clone());
     let reply = tokio::time::timeout(spec.timeout, boot_handshake(&mut framed, &spec.boot))
         .instrument(span)
         .await;
+    let joined = joined(join).await;
     let fail = |child: &mut Child, pidfd: &OwnedFd| {
         spawn::kill(pidfd);
         let _ = child.start_kill();
     };
     match reply {
+        Ok(Ok(BootReply::Booted { .. })) if joined.is_err() => {
+            fail(&mut child, &pidfd);
+            let _ = child.wait().await;
+            Err(StartError::Sandbox(joined.unwrap_err()))
+        }
         Ok(Ok(BootReply::Booted {
             boot_us,
             mut sandbox,
@@ -118,17 +125,45 @@ pub async fn boot(spec: &BootSpec) -> Result<Booted, StartError> {
 
 type Spawn = (WorkerFramed, Control, Child, u32, OwnedFd);
 
-fn spawn(spec: &BootSpec) -> Result<Spawn, StartError> {
+/// Forking blocks the calling thread until the child has exec'd, and the
+/// child first joins its cgroups: on cgroup v1 the first join after a quiet
+/// spell waits for an RCU grace period (8-16 ms measured here). That wait
+/// must not hold a runtime thread that serves invocations.
+async fn spawn(spec: &BootSpec) -> Result<Spawn, StartError> {
+    let (bin, args) = (spec.worker_bin.clone(), spec.args.clone());
+    tokio::task::spawn_blocking(move || spawn_now(&bin, &args))
+        .await
+        .map_err(|e| StartError::Spawn(std::io::Error::other(e)))?
+}
+
+/// Moves the worker into its cgroup on a blocking thread while it boots.
+/// Await the result before anything reaps the child (its pid must still be
+/// ours) and before it gets function code.
+fn join_cgroup(
+    cgroup: &Option<Arc<WorkerCgroup>>,
+    pid: u32,
+) -> Option<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let cgroup = cgroup.clone()?;
+    Some(tokio::task::spawn_blocking(move || cgroup.join_pid(pid)))
+}
+
+async fn joined(join: Option<tokio::task::JoinHandle<std::io::Result<()>>>) -> Result<(), String> {
+    match join {
+        None => Ok(()),
+        Some(handle) => match handle.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cgroup: moving the worker in: {e}")),
+            Err(e) => Err(format!("cgroup: moving the worker in: {e}")),
+        },
+    }
+}
+
+fn spawn_now(bin: &std::path::Path, args: &WorkerArgs) -> Result<Spawn, StartError> {
     let pair = || std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn);
     let (ours, theirs) = pair()?;
     let (control_ours, control_theirs) = pair()?;
-    let Spawned { child, pid, pidfd } = spawn::spawn_worker(
-        &spec.worker_bin,
-        [&theirs, &control_theirs],
-        &spec.args,
-        spec.cgroup.clone(),
-    )
-    .map_err(StartError::Spawn)?;
+    let Spawned { child, pid, pidfd } =
+        spawn::spawn_worker(bin, [&theirs, &control_theirs], args).map_err(StartError::Spawn)?;
     drop((theirs, control_theirs));
     let streams = (|| {
         ours.set_nonblocking(true)?;
@@ -304,9 +339,14 @@ impl Booted {
 
 /// Spawns a worker in self-test mode and returns what it reported.
 pub async fn self_test(spec: &BootSpec) -> Result<SelfTestReport, StartError> {
-    let (mut framed, _control, mut child, _pid, pidfd) = spawn(spec)?;
+    let (mut framed, _control, mut child, pid, pidfd) = spawn(spec).await?;
     spawn::forward_stdio(&mut child, tracing::info_span!("sandbox-self-test"));
-    let result = tokio::time::timeout(spec.timeout, boot_handshake(&mut framed, &spec.boot)).await;
+    // The self-test runs while it boots, so it waits for its cgroup first:
+    // it must test a worker exactly as sandboxed as one that serves.
+    let result = match joined(join_cgroup(&spec.cgroup, pid)).await {
+        Ok(()) => tokio::time::timeout(spec.timeout, boot_handshake(&mut framed, &spec.boot)).await,
+        Err(e) => Ok(Err(StartError::Sandbox(e))),
+    };
     drop(framed);
     if tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await

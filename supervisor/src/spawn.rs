@@ -1,18 +1,17 @@
 //! Starting a worker process with a clean slate: no environment, no
-//! inherited descriptors but its two channels, its own process group and cgroup,
+//! inherited descriptors but its two channels, its own process group,
 //! a parent-death signal armed without a race, and a pidfd to kill it by
-//! (never a pid, which the kernel may reuse once the child is reaped).
+//! (never a pid, which the kernel may reuse once the child is reaped). The
+//! caller moves it into its cgroup (`boot.rs`).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 
 use fn_protocol::WorkerArgs;
 use tokio::process::{Child, Command};
 use tracing::{info, warn, Instrument};
 
-use crate::cgroup::WorkerCgroup;
 use crate::redact::escape_log_text;
 
 /// Longest line of a worker's own stdout/stderr that is logged whole.
@@ -28,7 +27,6 @@ pub fn spawn_worker(
     bin: &Path,
     channels: [&std::os::unix::net::UnixStream; 2],
     args: &WorkerArgs,
-    cgroup: Option<Arc<WorkerCgroup>>,
 ) -> std::io::Result<Spawned> {
     // Copies numbered 5 and up, so that moving them to 3 and 4 in the child
     // can never overwrite one with the other.
@@ -49,10 +47,6 @@ pub fn spawn_worker(
     // reads was prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            // Join the cgroup first, while the procs descriptors are open.
-            if let Some(cg) = &cgroup {
-                cg.join_self_in_child()?;
-            }
             // Die with the supervisor. If the supervisor already died
             // between fork and here, the signal would never come.
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
