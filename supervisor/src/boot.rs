@@ -125,15 +125,19 @@ pub async fn boot(spec: &BootSpec) -> Result<Booted, StartError> {
 
 type Spawn = (WorkerFramed, Control, Child, u32, OwnedFd);
 
-/// Forking blocks the calling thread until the child has exec'd, and the
-/// child first joins its cgroups: on cgroup v1 the first join after a quiet
-/// spell waits for an RCU grace period (8-16 ms measured here). That wait
-/// must not hold a runtime thread that serves invocations.
+/// Forking blocks the calling thread until the child has exec'd, which must
+/// not hold a runtime thread that serves invocations; see `spawn::forker`
+/// for why it is always the same thread.
 async fn spawn(spec: &BootSpec) -> Result<Spawn, StartError> {
     let (bin, args) = (spec.worker_bin.clone(), spec.args.clone());
-    tokio::task::spawn_blocking(move || spawn_now(&bin, &args))
-        .await
-        .map_err(|e| StartError::Spawn(std::io::Error::other(e)))?
+    let runtime = tokio::runtime::Handle::current();
+    spawn::on_forker(move || {
+        // The child and its channels register with this runtime's drivers.
+        let _entered = runtime.enter();
+        spawn_now(&bin, &args)
+    })
+    .await
+    .unwrap_or_else(|e| Err(StartError::Spawn(e)))
 }
 
 /// Moves the worker into its cgroup on a blocking thread while it boots.

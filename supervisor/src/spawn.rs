@@ -7,6 +7,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::OnceLock;
 
 use fn_protocol::WorkerArgs;
 use tokio::process::{Child, Command};
@@ -77,6 +78,44 @@ pub fn spawn_worker(
     // exactly this process for as long as we hold it.
     let pidfd = pidfd_open(pid)?;
     Ok(Spawned { child, pid, pidfd })
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The one thread every worker is forked from. PR_SET_PDEATHSIG fires when
+/// the *thread* that forked the child ends, not the process: a worker forked
+/// on a blocking-pool thread died with that thread after ten idle seconds.
+/// This thread lives as long as the supervisor.
+fn forker() -> &'static std::sync::mpsc::Sender<Job> {
+    static FORKER: OnceLock<std::sync::mpsc::Sender<Job>> = OnceLock::new();
+    FORKER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("fn-forker".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            });
+        if let Err(e) = started {
+            warn!(error = %e, "cannot start the worker forker thread");
+        }
+        tx
+    })
+}
+
+/// Runs `job` on the forker thread and waits for its result without
+/// blocking the runtime.
+pub async fn on_forker<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(job());
+    });
+    let gone = || std::io::Error::other("the worker forker thread has stopped");
+    forker().send(job).map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
 }
 
 fn check(ret: libc::c_int) -> std::io::Result<()> {

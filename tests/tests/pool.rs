@@ -51,6 +51,34 @@ fn deploys_take_booted_workers_from_the_pool() {
     wait_pool(&sup, 2);
 }
 
+/// PR_SET_PDEATHSIG follows the thread that forked a worker, not the
+/// supervisor process: workers forked on a thread that later ends (tokio's
+/// blocking threads retire after 10 idle seconds) would be killed with it.
+#[test]
+fn workers_outlive_the_thread_that_forked_them() {
+    let sup = Supervisor::start_with(&["--pool-size", "1", "--pool-max", "1"]);
+    wait_pool(&sup, 1);
+    let code = "let n = 0; function handler() { n += 1; return n; }";
+    let pooled = sup.deploy_ok("pooled", code);
+    assert_eq!(pooled["pooled"], true, "{pooled}");
+    let r = sup.deploy_with(json!({"id": "cold", "memory_mb": 512, "code": code}));
+    r.expect(200, &sup);
+    assert_eq!(r.json["pooled"], false, "{}", r.text);
+    let pids = [
+        ("pooled", sup.worker_pid("pooled")),
+        ("cold", sup.worker_pid("cold")),
+    ];
+    for (id, _) in pids {
+        assert_eq!(sup.invoke(id, "").json, json!(1));
+    }
+    std::thread::sleep(Duration::from_secs(12));
+    for (id, pid) in pids {
+        assert!(pid_alive(pid), "worker {pid} of {id} died while idle");
+        assert_eq!(sup.worker_pid(id), pid, "{id} was restarted");
+        assert_eq!(sup.invoke(id, "").json, json!(2), "{id} lost its state");
+    }
+}
+
 #[test]
 fn a_crashed_worker_is_replaced_from_the_pool() {
     let sup = Supervisor::start_with(&["--pool-size", "2"]);
