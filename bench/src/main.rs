@@ -87,9 +87,15 @@ pub struct Args {
     /// Seconds idle workers rest before their memory is read [default: 3; --quick: 1].
     #[arg(long)]
     pub settle: Option<u64>,
-    /// Workers killed for crash-to-serving.
+    /// Workers killed for crash-to-serving, in each of two passes: spaced
+    /// out, and back to back.
     #[arg(long, default_value_t = 20)]
     pub crashes: usize,
+    /// Pause after each kill of the spaced pass, ms: crashes are rare in
+    /// real use, and the pool refills between them. The back-to-back pass
+    /// (no pause, two pool workers taken per kill) shows a pool drained.
+    #[arg(long, default_value_t = 250)]
+    pub crash_gap_ms: u64,
     /// Spinning invocations timed for 504 lateness.
     #[arg(long, default_value_t = 10)]
     pub timeouts: usize,
@@ -221,6 +227,7 @@ pub struct Results {
     pub idle: Option<IdleMemory>,
     pub seed_memory: Option<SeedMemory>,
     pub crashes: Option<Crashes>,
+    pub crashes_back_to_back: Option<Crashes>,
     pub timeouts: Option<Timeouts>,
     pub capacity: Option<Capacity>,
     pub evicted: Option<evict::Evicted>,
@@ -312,6 +319,7 @@ fn main() -> Result<()> {
             "idle_functions": args.idle_functions,
             "settle_s": plan.settle.as_secs(),
             "crashes": args.crashes,
+            "crash_gap_ms": args.crash_gap_ms,
             "timeouts": args.timeouts,
             "capacity": plan.capacity,
             "capacity_budget_mib": args.capacity_budget_mib,
@@ -567,10 +575,20 @@ fn run(
         }
     }
 
-    progress(format!("crash to serving, {} kills", args.crashes));
-    match crashes(&ours_api, args.crashes) {
+    progress(format!(
+        "crash to serving, {} kills {} ms apart, then {} back to back",
+        args.crashes, args.crash_gap_ms, args.crashes
+    ));
+    let gap = Duration::from_millis(args.crash_gap_ms);
+    match crashes(&ours_api, args.crashes, "crash", gap) {
         Ok(c) => r.crashes = Some(c),
         Err(e) => r.notes.push(format!("crash-to-serving failed: {e:#}")),
+    }
+    match crashes(&ours_api, args.crashes, "burst", Duration::ZERO) {
+        Ok(c) => r.crashes_back_to_back = Some(c),
+        Err(e) => r
+            .notes
+            .push(format!("crash-to-serving back to back failed: {e:#}")),
     }
 
     progress(format!(
@@ -710,10 +728,11 @@ fn seed_memory(
 /// SIGKILLs a warm worker and times until an invocation succeeds again.
 /// One kill per function: the supervisor backs off a function after
 /// repeated crashes, which is policy, not restart speed.
-fn crashes(api: &Api, n: usize) -> Result<Crashes> {
+fn crashes(api: &Api, n: usize, prefix: &str, gap: Duration) -> Result<Crashes> {
     let mut c = Crashes::default();
     for j in 0..n {
-        let id = format!("crash-{j}");
+        thread::sleep(gap);
+        let id = format!("{prefix}-{j}");
         api.deploy_ok(&json!({"id": id, "code": TRIVIAL}))?;
         api.invoke(&id, TRIVIAL_INPUT)?;
         let pid = api.pid(&id)?;

@@ -646,6 +646,22 @@ fn rows(r: &Results) -> Vec<Row> {
         Unit::Ms,
         crash.as_ref().map(|d| d.max),
     ));
+    let burst = r
+        .crashes_back_to_back
+        .as_ref()
+        .and_then(|c| Dist::of(c.ms.clone()));
+    rows.push(Row::new(
+        "crash_to_serving_back_to_back_p50_ms",
+        "crash to serving, kills back to back (pool drained), p50",
+        Unit::Ms,
+        burst.as_ref().map(|d| d.p50),
+    ));
+    rows.push(Row::new(
+        "crash_to_serving_back_to_back_max_ms",
+        "crash to serving, kills back to back, max",
+        Unit::Ms,
+        burst.as_ref().map(|d| d.max),
+    ));
     let late = r
         .timeouts
         .as_ref()
@@ -741,10 +757,10 @@ numbers come from one run: compare within it, not across runs.\n\n",
         meta["command"].as_str().unwrap_or("?")
     ));
     md.push_str(&format!(
-        "- settings: {} s per load run, {} round(s), {} connections, constant rate {} req/s, {} deploys ({} ms apart), {} idle functions, {} kills, {} runaway calls, capacity {}\n\n",
+        "- settings: {} s per load run, {} round(s), {} connections, constant rate {} req/s, {} deploys ({} ms apart), {} idle functions, {} kills ({} ms apart) and {} back to back, {} runaway calls, capacity {}\n\n",
         s["duration_s"], s["repeat"], s["connections"],
         r.rate.map_or("–".into(), |v| format!("{v:.0}")), s["deploys"], s["deploy_gap_ms"],
-        s["idle_functions"], s["crashes"], s["timeouts"],
+        s["idle_functions"], s["crashes"], s["crash_gap_ms"], s["crashes"], s["timeouts"],
         if s["capacity"].as_bool() == Some(true) { format!("up to {} functions / {} MiB", s["capacity_max"], s["capacity_budget_mib"]) } else { "not run".into() },
     ));
     md.push_str("| metric | goal | measured | seed | ratio vs seed | vs axum |\n");
@@ -783,10 +799,14 @@ numbers come from one run: compare within it, not across runs.\n\n",
             mib(m.after.private_kib.saturating_sub(m.before.private_kib)) / n,
         ));
     }
-    if let Some(c) = &r.crashes {
+    for (pass, c) in [
+        ("spaced", &r.crashes),
+        ("back to back", &r.crashes_back_to_back),
+    ] {
+        let Some(c) = c else { continue };
         if c.failures > 0 || c.pid_unchanged > 0 || !c.statuses.is_empty() {
             notes.push(format!(
-                "crash to serving: {} kills did not serve again within 30 s, {} kept the old pid; answers while down: {:?}",
+                "crash to serving ({pass}): {} kills did not serve again within 30 s, {} kept the old pid; answers while down: {:?}",
                 c.failures, c.pid_unchanged, c.statuses
             ));
         }
@@ -840,11 +860,8 @@ numbers come from one run: compare within it, not across runs.\n\n",
         "seed_memory": r.seed_memory.as_ref().map(|m| json!({
             "functions": m.functions, "before": memory_json(&m.before), "after": memory_json(&m.after),
         })),
-        "crashes": r.crashes.as_ref().map(|c| json!({
-            "ms": c.ms, "dist": dist_json(&Dist::of(c.ms.clone())), "failures": c.failures,
-            "failed_attempts": c.failed_attempts, "pid_unchanged": c.pid_unchanged,
-            "statuses_while_down": c.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        })),
+        "crashes": r.crashes.as_ref().map(crashes_json),
+        "crashes_back_to_back": r.crashes_back_to_back.as_ref().map(crashes_json),
         "timeouts": r.timeouts.as_ref().map(|t| json!({
             "late_ms": t.late_ms, "dist": dist_json(&Dist::of(t.late_ms.clone())), "runs": t.runs,
             "not_504": t.not_504, "served_after": t.served_after, "same_pid": t.same_pid,
@@ -864,4 +881,12 @@ numbers come from one run: compare within it, not across runs.\n\n",
         "notes": notes,
     });
     Ok((md, doc))
+}
+
+fn crashes_json(c: &crate::Crashes) -> Value {
+    json!({
+        "ms": c.ms, "dist": dist_json(&Dist::of(c.ms.clone())), "failures": c.failures,
+        "failed_attempts": c.failed_attempts, "pid_unchanged": c.pid_unchanged,
+        "statuses_while_down": c.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    })
 }
