@@ -3,7 +3,7 @@
 # when missing, runs fn-bench and writes bench/RESULTS.md and
 # bench/results.json.
 #
-#   bench/run.sh            full run (about 25 minutes, includes --capacity and
+#   bench/run.sh            full run (12-25 minutes, includes --capacity and
 #                           --evicted 10000)
 #   bench/run.sh --quick    smoke run (about 3 minutes)
 #
