@@ -99,21 +99,26 @@ impl Cgroups {
     /// cgroup v2 is used when a cgroup2 mount gives our own cgroup the memory and pids controllers
     /// and lets us write its `cgroup.subtree_control`; this moves the calling process into the
     /// `supervisor` leaf. Otherwise v1 is used with whichever of the memory, pids and cpu
-    /// hierarchies are mounted and writable.
-    pub fn detect(name: &str) -> Result<Cgroups, CgroupError> {
+    /// hierarchies are mounted and writable. Without `cpu` the cpu controller is left alone:
+    /// workers then share the supervisor's CPU group and are scheduled flat, thread by thread.
+    pub fn detect(name: &str, cpu: bool) -> Result<Cgroups, CgroupError> {
         validate_name(name)?;
         if name == SUPERVISOR_LEAF {
             return Err(CgroupError::InvalidName(name.to_owned()));
         }
         let mounts = parse_mountinfo(&read_to_string(Path::new("/proc/self/mountinfo"))?);
         let own = parse_own_cgroups(&read_to_string(Path::new("/proc/self/cgroup"))?);
+        let wanted: Vec<&'static str> = CONTROLLERS
+            .into_iter()
+            .filter(|c| cpu || *c != "cpu")
+            .collect();
         let (version, hierarchies) = match v2_candidate(&mounts, &own) {
             // Once v2 is on offer, a failure to set it up is the answer: v1 cannot have the
             // controllers v2 holds, so falling back would silently drop limits.
-            Ok(own_dir) => (2, vec![setup_v2(own_dir, name)?]),
+            Ok(own_dir) => (2, vec![setup_v2(own_dir, name, &wanted)?]),
             Err(v2) => (
                 1,
-                setup_v1(&mounts, &own, name)
+                setup_v1(&mounts, &own, name, &wanted)
                     .map_err(|v1| CgroupError::Unavailable(format!("v2: {v2}; v1: {v1}")))?,
             ),
         };
@@ -338,7 +343,7 @@ impl Drop for WorkerCgroup {
     }
 }
 
-fn setup_v2(own: PathBuf, name: &str) -> Result<Hierarchy, CgroupError> {
+fn setup_v2(own: PathBuf, name: &str, wanted: &[&'static str]) -> Result<Hierarchy, CgroupError> {
     let available = read_to_string(&own.join("cgroup.controllers"))?;
     let available: Vec<&str> = available.split_whitespace().collect();
     // Only the real root cgroup lacks cgroup.type. It is exempt from the no-internal-processes
@@ -348,6 +353,10 @@ fn setup_v2(own: PathBuf, name: &str) -> Result<Hierarchy, CgroupError> {
         mkdir_exist_ok(&leaf)?;
         write_file(&leaf, "cgroup.procs", "0")?;
     }
+    let available: Vec<&str> = available
+        .into_iter()
+        .filter(|c| wanted.contains(c))
+        .collect();
     let controllers = enable_controllers(&own, &available)?;
     let base = own.join(name);
     make_base(2, &base, &controllers)?;
@@ -358,10 +367,15 @@ fn setup_v2(own: PathBuf, name: &str) -> Result<Hierarchy, CgroupError> {
     })
 }
 
-fn setup_v1(mounts: &[Mount], own: &[OwnCgroup], name: &str) -> Result<Vec<Hierarchy>, String> {
+fn setup_v1(
+    mounts: &[Mount],
+    own: &[OwnCgroup],
+    name: &str,
+    wanted: &[&'static str],
+) -> Result<Vec<Hierarchy>, String> {
     let mut hierarchies: Vec<Hierarchy> = Vec::new();
     let mut reasons = Vec::new();
-    for c in CONTROLLERS {
+    for &c in wanted {
         let Some(parent) = v1_dir(mounts, own, c) else {
             reasons.push(format!("{c} is not mounted"));
             continue;

@@ -40,7 +40,7 @@ impl Child {
 fn base(tag: &str) -> Base {
     // Our pid first, so a remove_stale running in a parallel test sees a live owner.
     let name = format!("fnrt-{}-{tag}", std::process::id());
-    let cgroups = Cgroups::detect(&name).expect("detect");
+    let cgroups = Cgroups::detect(&name, true).expect("detect");
     Base(cgroups)
 }
 
@@ -354,7 +354,7 @@ fn remove_stale_only_takes_empty_dead_bases() {
         fs::create_dir(h.parent.join(&alive)).unwrap();
         fs::create_dir(h.parent.join(&dead_pid)).unwrap();
     }
-    let busy = Base(Cgroups::detect(&format!("fnrt-busy-{pid}")).unwrap());
+    let busy = Base(Cgroups::detect(&format!("fnrt-busy-{pid}"), true).unwrap());
     let w = busy.0.create("w", &limits(64 * MIB, 16, 100)).unwrap();
     let child = fork(|| {
         join_or_exit(&w);
@@ -420,7 +420,7 @@ fn rejects_bad_names() {
     }
     // The base name must not collide with the v2 leaf the supervisor moves into.
     assert!(matches!(
-        Cgroups::detect("supervisor"),
+        Cgroups::detect("supervisor", true),
         Err(CgroupError::InvalidName(_))
     ));
 }

@@ -151,7 +151,7 @@ const DOCS: &[(&str, &str)] = &[
     ("worker_pids_max", "Tasks per worker cgroup"),
     (
         "worker_cpu_percent",
-        "CPU quota per worker cgroup (100 = one CPU)",
+        "CPU quota per worker cgroup (100 = one CPU; 0 = no CPU cgroup, flat scheduling)",
     ),
     (
         "cgroup_memory_overhead_mb",

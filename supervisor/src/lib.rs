@@ -274,7 +274,10 @@ fn build_spawner(config: &Config, worker_bin: std::path::PathBuf) -> Result<Spaw
     };
     let cgroups = match config.cgroup.as_str() {
         "off" => None,
-        mode => match cgroup::Cgroups::detect(&format!("fnrt-{}", std::process::id())) {
+        mode => match cgroup::Cgroups::detect(
+            &format!("fnrt-{}", std::process::id()),
+            config.worker_cpu_percent > 0,
+        ) {
             Ok(c) => {
                 let stale = c.remove_stale();
                 if stale > 0 {

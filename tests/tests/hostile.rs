@@ -517,6 +517,54 @@ fn every_worker_thread_runs_confined_after_user_code() {
     }
 }
 
+/// Which controllers put the worker in one of our (`fnrt-`) cgroups.
+fn our_controllers(pid: u32) -> Vec<String> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mut ours = Vec::new();
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        if !path.contains("fnrt-") {
+            continue;
+        }
+        if controllers.is_empty() {
+            // cgroup v2: one group, with the controllers its parent enabled.
+            let file = format!("/sys/fs/cgroup{path}/cgroup.controllers");
+            let enabled = std::fs::read_to_string(file).unwrap_or_default();
+            ours.extend(enabled.split_whitespace().map(String::from));
+        } else {
+            ours.extend(controllers.split(',').map(String::from));
+        }
+    }
+    ours
+}
+
+/// `worker_cpu_percent = 0` keeps workers out of the cpu controller: a
+/// per-worker CPU group costs tail latency under contention (bench/RESULTS.md).
+/// Memory and pids limits stay.
+#[test]
+fn cpu_percent_zero_leaves_workers_out_of_the_cpu_controller() {
+    let code = "function handler() { return 1; }";
+    let limited = Supervisor::start();
+    limited.deploy_ok("limited", code);
+    let ours = our_controllers(limited.worker_pid("limited"));
+    for c in ["memory", "pids", "cpu"] {
+        assert!(ours.iter().any(|o| o == c), "{c} missing: {ours:?}");
+    }
+    drop(limited);
+    let flat = Supervisor::start_with(&["--worker-cpu-percent", "0"]);
+    flat.deploy_ok("flat", code);
+    assert_eq!(flat.invoke("flat", "").json, json!(1));
+    let ours = our_controllers(flat.worker_pid("flat"));
+    for c in ["memory", "pids"] {
+        assert!(ours.iter().any(|o| o == c), "{c} missing: {ours:?}");
+    }
+    assert!(!ours.iter().any(|o| o == "cpu"), "{ours:?}");
+}
+
 #[test]
 fn the_self_test_reports_every_native_escape_blocked() {
     let sup = Supervisor::start();
