@@ -464,6 +464,28 @@ fn run(
         }
     };
 
+    // The realistic mix again on a supervisor whose workers stay out of the
+    // cpu controller (no per-worker CPU group), in the same rounds.
+    let flat = match start_supervisor(bin_dir, tmp, "flat", &["--worker-cpu-percent", "0"])
+        .and_then(|s| deploy_fixtures(&Api::new(&s.base), true).map(|()| s))
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            r.notes
+                .push(format!("worker_cpu_percent = 0 supervisor failed: {e:#}"));
+            None
+        }
+    };
+    let mix = Script::Rotate {
+        prefix: "/invoke/r",
+        count: REALISTIC_COUNT,
+    };
+    if let Some(flat) = &flat {
+        if !plan.warmup.is_zero() {
+            wrk.run(&flat.base, &mix, args.connections, plan.warmup)?;
+        }
+    }
+
     let mut targets: Vec<(&str, &Server, bool)> =
         vec![("ours", &ours, true), ("axum", &axum, false)];
     if let Some(s) = &seed {
@@ -518,16 +540,21 @@ fn run(
             let open = openloop::run(server.addr, &request, args.connections, rate, plan.duration)?;
             r.add_load(name, "trivial_open", open);
             if *realistic {
-                let mix = Script::Rotate {
-                    prefix: "/invoke/r",
-                    count: REALISTIC_COUNT,
-                };
                 let l = wrk.run(&server.base, &mix, args.connections, plan.duration)?;
                 r.add_load(name, "realistic_cn", l);
             }
         }
+        if let Some(flat) = &flat {
+            progress(format!(
+                "round {round}/{}: ours, worker_cpu_percent = 0",
+                plan.repeat
+            ));
+            let l = wrk.run(&flat.base, &mix, args.connections, plan.duration)?;
+            r.add_load("ours_flat", "realistic_cn", l);
+        }
     }
     drop(axum);
+    drop(flat);
 
     progress(format!("deploy-to-ready, {} deploys", args.deploys));
     r.deploys

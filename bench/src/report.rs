@@ -380,6 +380,25 @@ fn rows(r: &Results) -> Vec<Row> {
         .seed(f(&sr, |l| l.p99_us))
         .goal("≤ seed", |o, s| s.map(|s| o <= s)),
     );
+    let flat = load("ours_flat", "realistic_cn");
+    rows.push(
+        Row::new(
+            "realistic_flat_rps",
+            "realistic mix throughput, `worker_cpu_percent = 0` (no CPU cgroup)",
+            Unit::Rps,
+            f(&flat, |l| l.rps),
+        )
+        .seed(f(&sr, |l| l.rps)),
+    );
+    rows.push(
+        Row::new(
+            "realistic_flat_p99_us",
+            "realistic mix p99, `worker_cpu_percent = 0`",
+            Unit::Us,
+            f(&flat, |l| l.p99_us),
+        )
+        .seed(f(&sr, |l| l.p99_us)),
+    );
 
     let od = r.deploys.get("ours");
     let nopool = r.deploys.get("ours_nopool");
