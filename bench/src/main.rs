@@ -505,15 +505,7 @@ fn run(
             plan.warmup,
         )?;
         if *realistic {
-            wrk.run(
-                &server.base,
-                &Script::Rotate {
-                    prefix: "/invoke/r",
-                    count: REALISTIC_COUNT,
-                },
-                args.connections,
-                plan.warmup,
-            )?;
+            wrk.run(&server.base, &mix, args.connections, plan.warmup)?;
         }
     }
 

@@ -152,14 +152,14 @@ fn join_cgroup(
 }
 
 async fn joined(join: Option<tokio::task::JoinHandle<std::io::Result<()>>>) -> Result<(), String> {
-    match join {
-        None => Ok(()),
-        Some(handle) => match handle.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("cgroup: moving the worker in: {e}")),
-            Err(e) => Err(format!("cgroup: moving the worker in: {e}")),
-        },
-    }
+    let Some(handle) = join else {
+        return Ok(());
+    };
+    handle
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|moved| moved)
+        .map_err(|e| format!("cgroup: moving the worker in: {e}"))
 }
 
 fn spawn_now(bin: &std::path::Path, args: &WorkerArgs) -> Result<Spawn, StartError> {

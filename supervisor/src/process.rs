@@ -115,7 +115,7 @@ enum Delivery {
     /// Not yet acknowledged by the worker: if it dies now, the invocation
     /// provably never ran.
     Queued,
-    /// The worker's I/O thread acknowledged it: it may have started.
+    /// The worker's JS thread acknowledged it: it may have started.
     Delivered,
     /// The caller gave up; the worker owes an acknowledgement.
     Cancelled,
@@ -606,30 +606,27 @@ impl WorkerProcess {
     /// Writes one frame; `Err` if the channel is closed or the write failed
     /// (the channel is then closed for everyone).
     async fn send(&self, msg: SupervisorMsg) -> Result<(), ()> {
-        let mut writer = self.writer.lock().await;
-        let Some(sink) = writer.as_mut() else {
-            return Err(());
-        };
-        if let Err(e) = sink.send(msg).await {
-            debug!(error = %e, "write to worker failed");
-            writer.take();
-            return Err(());
-        }
-        Ok(())
+        self.write(msg, None).await
     }
 
     /// Writes an invocation, marking it written as soon as the frame is in
     /// the channel's buffer (from then on it goes out even if this future is
     /// dropped).
     async fn send_invoke(&self, request_id: u64, msg: SupervisorMsg) -> Result<(), ()> {
+        self.write(msg, Some(request_id)).await
+    }
+
+    async fn write(&self, msg: SupervisorMsg, invocation: Option<u64>) -> Result<(), ()> {
         let mut writer = self.writer.lock().await;
         let Some(sink) = writer.as_mut() else {
             return Err(());
         };
         let mut sent = sink.feed(msg).await;
         if sent.is_ok() {
-            if let Some(p) = self.pending_map().get_mut(&request_id) {
-                p.written = true;
+            if let Some(request_id) = invocation {
+                if let Some(p) = self.pending_map().get_mut(&request_id) {
+                    p.written = true;
+                }
             }
             sent = sink.flush().await;
         }
@@ -641,7 +638,7 @@ impl WorkerProcess {
         Ok(())
     }
 
-    /// For writes nobody waits for (cancel, shutdown, secrets).
+    /// For writes nobody waits for (shutdown).
     fn send_later(self: &Arc<Self>, msg: SupervisorMsg) {
         let this = self.clone();
         tokio::spawn(async move {

@@ -1,7 +1,7 @@
 //! Deciding when to terminate running JavaScript, and whose it is.
 //!
 //! The JS thread cannot read the channel while user code spins, so cancels
-//! are also seen by the I/O thread, which may terminate V8 execution through
+//! are also seen by the control thread, which may terminate V8 execution through
 //! a thread-safe isolate handle. Both threads meet here, under one lock, so a
 //! termination can only be requested while the JS thread is inside V8 and is
 //! always cleared when it leaves (a stale termination would otherwise kill the
@@ -9,7 +9,7 @@
 //!
 //! During the synchronous part of a call the running invocation is known
 //! exactly. During an event-loop turn (timers, promise reactions) it is not,
-//! so the I/O thread asks V8 for an interrupt, and the interrupt reads the
+//! so the control thread asks V8 for an interrupt, and the interrupt reads the
 //! invocation id that setup.js keeps in the async context of the code that
 //! is running at that instant: only a cancelled invocation's own code is ever
 //! terminated.
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an event-loop turn may run while some cancelled invocation
-/// exists before the I/O thread looks at whose code it is.
+/// exists before the control thread looks at whose code it is.
 pub const PROBE_AFTER: Duration = Duration::from_millis(20);
 
 /// Cancelled ids remembered, so that their leftover timers can still be
@@ -27,7 +27,7 @@ pub const PROBE_AFTER: Duration = Duration::from_millis(20);
 const REMEMBERED_CANCELS: usize = 1024;
 
 /// How long a cancelled id is remembered. Only while some are remembered
-/// does the I/O thread keep checking on the JS thread: an idle worker
+/// does the control thread keep checking on the JS thread: an idle worker
 /// costs no wake-ups.
 const REMEMBER_FOR: Duration = Duration::from_secs(60);
 
@@ -105,7 +105,7 @@ impl Interrupt {
         s.terminated.take()
     }
 
-    /// Called by the I/O thread when a cancel arrives.
+    /// Called by the control thread when a cancel arrives.
     pub fn cancel_seen(self: &Arc<Self>, request_id: u64) {
         {
             let mut s = self.lock();
@@ -121,7 +121,7 @@ impl Interrupt {
         self.tick();
     }
 
-    /// Whether the I/O thread must keep checking (some cancelled
+    /// Whether the control thread must keep checking (some cancelled
     /// invocation's code may still run); forgets old cancels.
     pub fn watching(&self) -> bool {
         let mut s = self.lock();
@@ -135,7 +135,7 @@ impl Interrupt {
         !s.cancelled.is_empty()
     }
 
-    /// Called by the I/O thread periodically (and on every cancel).
+    /// Called by the control thread periodically (and on every cancel).
     pub fn tick(self: &Arc<Self>) {
         let mut s = self.lock();
         if s.terminated.is_some() {

@@ -216,6 +216,15 @@ fn retire_exit(reason: RetireReason) -> WorkerExit {
     }
 }
 
+/// A cancel for an invocation not read yet, kept for when it arrives;
+/// bounded, since an invocation that never arrives never takes it out.
+fn remember_cancel(early: &mut HashSet<u64>, request_id: u64) {
+    if early.len() >= EARLY_CANCELS {
+        early.clear();
+    }
+    early.insert(request_id);
+}
+
 fn answer(outbox: &Outbox, request_id: u64, outcome: Outcome) {
     outbox.send(WorkerMsg::Result {
         request_id,
@@ -257,7 +266,7 @@ async fn serve(
                     }
                 }
                 Poll::Ready(Some(Ok(SupervisorMsg::Cancel { request_id }))) => {
-                    early_cancels.insert(request_id);
+                    remember_cancel(&mut early_cancels, request_id);
                 }
                 Poll::Ready(Some(Ok(SupervisorMsg::Shutdown))) | Poll::Ready(None) => {
                     return Poll::Ready(retiring.as_ref().map_or(WorkerExit::Normal, |r| r.0));
@@ -284,10 +293,7 @@ async fn serve(
                 to_start.remove(at);
                 answer(outbox, request_id, Outcome::Cancelled);
             } else {
-                if early_cancels.len() >= EARLY_CANCELS {
-                    early_cancels.clear();
-                }
-                early_cancels.insert(request_id);
+                remember_cancel(&mut early_cancels, request_id);
             }
         }
         if let Some((exit, grace)) = retiring.as_mut() {
