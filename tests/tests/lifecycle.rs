@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{pid_alive, unsafe_kill, Supervisor};
+use common::{pid_alive, thread_status, unsafe_kill, Supervisor};
 use serde_json::json;
 
 #[test]
@@ -45,6 +45,19 @@ fn an_unresponsive_worker_is_killed_after_the_grace_period_and_replaced() {
     let pid = sup.worker_pid("frozen");
     // A stopped process cannot acknowledge the cancel.
     unsafe_kill(pid, 19); // SIGSTOP
+                          // kill returns before every thread has stopped; on a busy machine the
+                          // JS thread could still take the call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !thread_status(pid, "State")
+        .iter()
+        .all(|(_, state)| state.starts_with('T'))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {pid} never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let r = sup.invoke("frozen", "");
     r.expect(504, &sup);
     assert_eq!(r.json, json!({"error": "Execution timeout (0.3s)"}));
