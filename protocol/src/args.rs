@@ -15,6 +15,9 @@ pub struct WorkerArgs {
     pub nofile: u64,
     /// Layers that must be in force; the worker refuses to run otherwise.
     pub require: Vec<Layer>,
+    /// Serve fork requests on fd 3 instead of running a function
+    /// (`fn_protocol::zygote`); each child then carries on as a worker.
+    pub zygote: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,6 +46,9 @@ impl WorkerArgs {
             let names: Vec<&str> = self.require.iter().map(|l| l.name()).collect();
             out.extend(["--require".to_owned(), names.join(",")]);
         }
+        if self.zygote {
+            out.push("--zygote".to_owned());
+        }
         out
     }
 
@@ -54,6 +60,7 @@ impl WorkerArgs {
             gid: None,
             nofile: 1024,
             require: Vec::new(),
+            zygote: false,
         };
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -62,6 +69,7 @@ impl WorkerArgs {
                     .ok_or_else(|| ArgsError::MissingValue(flag.clone()))
             };
             match flag.as_str() {
+                "--zygote" => parsed.zygote = true,
                 "--ppid" => ppid = Some(number(&flag, &value()?)?),
                 "--uid" => parsed.uid = Some(number(&flag, &value()?)?),
                 "--gid" => parsed.gid = Some(number(&flag, &value()?)?),
@@ -107,8 +115,14 @@ mod tests {
             gid: Some(65534),
             nofile: 256,
             require: vec![Layer::Landlock, Layer::Seccomp],
+            zygote: false,
         };
-        assert_eq!(WorkerArgs::parse(args.to_args()), Ok(args));
+        assert_eq!(WorkerArgs::parse(args.to_args()), Ok(args.clone()));
+        let zygote = WorkerArgs {
+            zygote: true,
+            ..args
+        };
+        assert_eq!(WorkerArgs::parse(zygote.to_args()), Ok(zygote));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod args;
 mod codec;
 pub mod egress;
+pub mod zygote;
 
 pub use args::{ArgsError, WorkerArgs};
 pub use codec::{FrameCodec, ProtocolError, MAX_FRAME_LEN};

@@ -4,7 +4,7 @@
 //! pays for loading code.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,14 +15,14 @@ use fn_protocol::{
     SupervisorMsg, WorkerArgs, WorkerMsg, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
-use tokio::process::Child;
 use tokio::sync::Notify;
 use tokio_util::codec::Framed;
 use tracing::{debug, warn, Instrument};
 
 use crate::cgroup::WorkerCgroup;
 use crate::process::{self, exit_info, variant, Control, Owner, StartError, Started, WorkerFramed};
-use crate::spawn::{self, Spawned};
+use crate::spawn::{self, Spawned, WorkerChild as Child};
+use crate::zygote::Zygote;
 
 /// What to boot.
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub struct BootSpec {
     pub boot: BootRequest,
     pub cgroup: Option<Arc<WorkerCgroup>>,
     pub timeout: Duration,
+    /// Fork workers from this zygote instead of exec'ing each one.
+    pub zygote: Option<Arc<Zygote>>,
 }
 
 /// A worker whose runtime is up and sandboxed, waiting for its function.
@@ -68,7 +70,7 @@ pub async fn boot(spec: &BootSpec) -> Result<Booted, StartError> {
     let joined = joined(join).await;
     let fail = |child: &mut Child, pidfd: &OwnedFd| {
         spawn::kill(pidfd);
-        let _ = child.start_kill();
+        child.start_kill();
     };
     match reply {
         Ok(Ok(BootReply::Booted { .. })) if joined.is_err() => {
@@ -125,19 +127,64 @@ pub async fn boot(spec: &BootSpec) -> Result<Booted, StartError> {
 
 type Spawn = (WorkerFramed, Control, Child, u32, OwnedFd);
 
+/// Forks the worker from the zygote, or execs it when there is none or
+/// the zygote fails (a broken zygote must not stop workers from starting).
+async fn spawn(spec: &BootSpec) -> Result<Spawn, StartError> {
+    let pair = || std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn);
+    let (ours, theirs) = pair()?;
+    let (control_ours, control_theirs) = pair()?;
+    let forked = match &spec.zygote {
+        Some(zygote) => {
+            match spawn::fork_worker(zygote, [theirs.as_fd(), control_theirs.as_fd()]).await {
+                Ok(spawned) => Some(spawned),
+                Err(e) => {
+                    warn!(error = %e, "forking from the zygote failed; exec'ing the worker");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let Spawned { child, pid, pidfd } = match forked {
+        Some(spawned) => {
+            drop((theirs, control_theirs));
+            spawned
+        }
+        None => exec(spec, theirs, control_theirs).await?,
+    };
+    let streams = (|| {
+        ours.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(ours)?;
+        let framed = Framed::new(stream, FrameCodec::<WorkerMsg, SupervisorMsg>::default());
+        Ok::<_, std::io::Error>((framed, Control::new(control_ours)?))
+    })();
+    match streams {
+        Ok((framed, control)) => Ok((framed, control, child, pid, pidfd)),
+        Err(e) => {
+            spawn::kill(&pidfd);
+            Err(StartError::Spawn(e))
+        }
+    }
+}
+
 /// Forking blocks the calling thread until the child has exec'd, which must
 /// not hold a runtime thread that serves invocations; see `spawn::forker`
 /// for why it is always the same thread.
-async fn spawn(spec: &BootSpec) -> Result<Spawn, StartError> {
+async fn exec(
+    spec: &BootSpec,
+    data: std::os::unix::net::UnixStream,
+    control: std::os::unix::net::UnixStream,
+) -> Result<Spawned, StartError> {
     let (bin, args) = (spec.worker_bin.clone(), spec.args.clone());
     let runtime = tokio::runtime::Handle::current();
     spawn::on_forker(move || {
-        // The child and its channels register with this runtime's drivers.
+        // The child and its pipes register with this runtime's drivers.
         let _entered = runtime.enter();
-        spawn_now(&bin, &args)
+        spawn::spawn_worker(&bin, &[data.as_fd(), control.as_fd()], &args)
     })
     .await
-    .unwrap_or_else(|e| Err(StartError::Spawn(e)))
+    .and_then(|spawned| spawned)
+    .map_err(StartError::Spawn)
 }
 
 /// Moves the worker into its cgroup on a blocking thread while it boots.
@@ -160,28 +207,6 @@ async fn joined(join: Option<tokio::task::JoinHandle<std::io::Result<()>>>) -> R
         .map_err(std::io::Error::other)
         .and_then(|moved| moved)
         .map_err(|e| format!("cgroup: moving the worker in: {e}"))
-}
-
-fn spawn_now(bin: &std::path::Path, args: &WorkerArgs) -> Result<Spawn, StartError> {
-    let pair = || std::os::unix::net::UnixStream::pair().map_err(StartError::Spawn);
-    let (ours, theirs) = pair()?;
-    let (control_ours, control_theirs) = pair()?;
-    let Spawned { child, pid, pidfd } =
-        spawn::spawn_worker(bin, [&theirs, &control_theirs], args).map_err(StartError::Spawn)?;
-    drop((theirs, control_theirs));
-    let streams = (|| {
-        ours.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(ours)?;
-        let framed = Framed::new(stream, FrameCodec::<WorkerMsg, SupervisorMsg>::default());
-        Ok::<_, std::io::Error>((framed, Control::new(control_ours)?))
-    })();
-    match streams {
-        Ok((framed, control)) => Ok((framed, control, child, pid, pidfd)),
-        Err(e) => {
-            spawn::kill(&pidfd);
-            Err(StartError::Spawn(e))
-        }
-    }
 }
 
 async fn boot_handshake(

@@ -8,7 +8,9 @@
 //! - legacy cgroup v1: one directory per controller hierarchy, `<mount>/<own>/<base>/<worker>`.
 //!
 //! The supervisor moves each worker into its cgroup from outside while the worker boots
-//! (`join_pid`, with the worker still an unreaped child so its pid cannot have been reused), and
+//! (`join_pid`; an exec'd worker is our unreaped child, so its pid cannot have been reused; a
+//! forked one is the zygote's, which reaps it only once it has exited, so its pid could be
+//! reused only if it died and the pid space wrapped in the milliseconds before the move), and
 //! waits for the move before the worker gets any function code: the wait for the move (an RCU
 //! grace period on cgroup v1) then overlaps the boot instead of preceding the exec. Memory the
 //! worker touched before the move stays charged to the supervisor's cgroup. A process can also
@@ -278,8 +280,8 @@ impl WorkerCgroup {
     }
 
     /// Moves the process `pid` into this cgroup from outside, writing its pid to each
-    /// hierarchy's `cgroup.procs`. The caller must hold `pid` as an unreaped child, so the
-    /// number cannot name another process. The worker boots meanwhile: on cgroup v1 the first
+    /// hierarchy's `cgroup.procs`. `pid` must not have been reaped yet (see the module
+    /// comment), so the number cannot name another process. The worker boots meanwhile: on cgroup v1 the first
     /// move after a quiet spell waits for an RCU grace period (8-16 ms measured here), which
     /// would otherwise come before the worker's exec. Blocks; call it on a blocking thread.
     pub fn join_pid(&self, pid: u32) -> io::Result<()> {

@@ -86,6 +86,12 @@ pub struct Config {
     pub console_lines_per_invocation: u32,
     pub console_lines_per_second: u32,
 
+    /// `zygote`: fork workers from one process that has already exec'd and
+    /// relocated `fn-worker` (faster starts, 2.9 MiB less private memory
+    /// per worker; all workers share that process's address-space layout).
+    /// `exec`: exec every worker, each with its own layout.
+    pub worker_spawn: String,
+
     // Sandbox.
     /// Unprivileged user workers run as when the supervisor runs as root.
     pub worker_user: String,
@@ -158,6 +164,7 @@ impl Default for Config {
             restore_warm_max: 100,
             pool_size: 2,
             pool_max: 8,
+            worker_spawn: "zygote".into(),
             console_bytes_per_invocation: 1 << 20,
             console_lines_per_invocation: 10_000,
             console_lines_per_second: 5_000,
@@ -278,6 +285,9 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(invalid("log_level", e.to_string()));
+        }
+        if !matches!(self.worker_spawn.as_str(), "zygote" | "exec") {
+            return Err(invalid("worker_spawn", "must be `zygote` or `exec`"));
         }
         if !matches!(self.cgroup.as_str(), "auto" | "required" | "off") {
             return Err(invalid("cgroup", "must be `auto`, `required` or `off`"));

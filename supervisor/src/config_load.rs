@@ -127,6 +127,10 @@ const DOCS: &[(&str, &str)] = &[
     ),
     ("pool_max", "How far the pool grows when demand outruns it"),
     (
+        "worker_spawn",
+        "zygote (fork workers from one pre-linked process) or exec (each its own layout)",
+    ),
+    (
         "restore_parallelism",
         "Workers started at once when restoring stored functions",
     ),

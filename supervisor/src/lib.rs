@@ -21,6 +21,7 @@ pub mod server;
 pub mod spawn;
 pub mod spawner;
 pub mod store;
+pub mod zygote;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -328,6 +329,7 @@ fn build_spawner(config: &Config, worker_bin: std::path::PathBuf) -> Result<Spaw
             config.pool_size as usize,
             config.pool_max as usize,
         )),
+        zygote: config.worker_spawn == "zygote",
     }))
 }
 

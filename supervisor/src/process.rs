@@ -14,7 +14,6 @@ use fn_protocol::{
     SandboxReport, SupervisorMsg, WorkerExit, WorkerMsg,
 };
 use futures::{SinkExt, StreamExt};
-use tokio::process::Child;
 use tokio::sync::{oneshot, watch};
 use tokio_util::codec::Framed;
 use tracing::{debug, warn, Instrument};
@@ -22,7 +21,7 @@ use tracing::{debug, warn, Instrument};
 use crate::cgroup::WorkerCgroup;
 use crate::logs::{FunctionLogs, LogEntry};
 use crate::redact::Redactor;
-use crate::spawn;
+use crate::spawn::{self, WorkerChild as Child};
 
 pub(crate) type WorkerFramed = Framed<tokio::net::UnixStream, FrameCodec<WorkerMsg, SupervisorMsg>>;
 

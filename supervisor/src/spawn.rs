@@ -2,38 +2,171 @@
 //! inherited descriptors but its two channels, its own process group,
 //! a parent-death signal armed without a race, and a pidfd to kill it by
 //! (never a pid, which the kernel may reuse once the child is reaped). The
-//! caller moves it into its cgroup (`boot.rs`).
+//! caller moves it into its cgroup (`boot.rs`). Workers are either exec'd
+//! here or forked by the zygote (`zygote.rs`); [`WorkerChild`] is either.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
 
 use fn_protocol::WorkerArgs;
+use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
 use crate::redact::escape_log_text;
+use crate::zygote::{Ended, Forked};
 
 /// Longest line of a worker's own stdout/stderr that is logged whole.
 const MAX_STDIO_LINE: usize = 4096;
 
+/// Channels a worker gets, as fds 3 and up.
+const MAX_CHANNELS: usize = 2;
+
 pub struct Spawned {
-    pub child: Child,
+    pub child: WorkerChild,
     pub pid: u32,
     pub pidfd: OwnedFd,
 }
 
+type Pipe = Box<dyn AsyncRead + Send + Sync + Unpin>;
+
+/// A worker process we are responsible for; killed when dropped.
+pub struct WorkerChild {
+    kind: Kind,
+    stdout: Option<Pipe>,
+    stderr: Option<Pipe>,
+}
+
+enum Kind {
+    Exec(Child),
+    Forked {
+        /// Our own copy, for the kill on drop.
+        pidfd: OwnedFd,
+        ended: watch::Receiver<Option<Ended>>,
+    },
+}
+
+impl WorkerChild {
+    fn exec(mut child: Child) -> Self {
+        let stdout = child.stdout.take().map(|p| Box::new(p) as Pipe);
+        let stderr = child.stderr.take().map(|p| Box::new(p) as Pipe);
+        Self {
+            kind: Kind::Exec(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits until the process has ended and been reaped.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match &mut self.kind {
+            Kind::Exec(child) => child.wait().await,
+            Kind::Forked { ended, .. } => {
+                let end = *ended
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| std::io::Error::other("worker zygote gone"))?;
+                status(end)
+            }
+        }
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match &mut self.kind {
+            Kind::Exec(child) => child.try_wait(),
+            Kind::Forked { ended, .. } => match *ended.borrow() {
+                Some(end) => status(Some(end)).map(Some),
+                None => Ok(None),
+            },
+        }
+    }
+
+    pub fn start_kill(&mut self) {
+        match &mut self.kind {
+            Kind::Exec(child) => {
+                let _ = child.start_kill();
+            }
+            Kind::Forked { pidfd, .. } => kill(pidfd),
+        }
+    }
+}
+
+impl Drop for WorkerChild {
+    fn drop(&mut self) {
+        // Exec'd children have tokio's kill_on_drop; a forked one is reaped
+        // by the zygote once it has died.
+        if let Kind::Forked { pidfd, ended } = &self.kind {
+            if ended.borrow().is_none() {
+                kill(pidfd);
+            }
+        }
+    }
+}
+
+fn status(end: Option<Ended>) -> std::io::Result<ExitStatus> {
+    match end {
+        Some(Ended::Status(raw)) => Ok(ExitStatus::from_raw(raw)),
+        _ => Err(std::io::Error::other(
+            "the worker zygote went away before reporting this worker's exit",
+        )),
+    }
+}
+
+/// Forks a worker through the zygote: the same descriptors and the same
+/// arguments as [`spawn_worker`], without the exec.
+pub async fn fork_worker(
+    zygote: &crate::zygote::Zygote,
+    channels: [BorrowedFd<'_>; 2],
+) -> std::io::Result<Spawned> {
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    let Forked { pid, pidfd, ended } = zygote
+        .fork(channels, [out_write.as_fd(), err_write.as_fd()])
+        .await?;
+    drop((out_write, err_write));
+    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(out_read)?;
+    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(err_read)?;
+    let child = WorkerChild {
+        kind: Kind::Forked {
+            pidfd: pidfd.try_clone()?,
+            ended,
+        },
+        stdout: Some(Box::new(stdout)),
+        stderr: Some(Box::new(stderr)),
+    };
+    Ok(Spawned { child, pid, pidfd })
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds` on success.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both are new descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Execs `bin` with `channels` as fds 3 and up.
 pub fn spawn_worker(
     bin: &Path,
-    channels: [&std::os::unix::net::UnixStream; 2],
+    channels: &[BorrowedFd<'_>],
     args: &WorkerArgs,
 ) -> std::io::Result<Spawned> {
+    assert!(channels.len() <= MAX_CHANNELS);
     // Copies numbered 5 and up, so that moving them to 3 and 4 in the child
     // can never overwrite one with the other.
-    let data = dup_above(channels[0], 5)?;
-    let control = dup_above(channels[1], 5)?;
-    let (data_fd, control_fd) = (data.as_raw_fd(), control.as_raw_fd());
+    let copies = channels
+        .iter()
+        .map(|c| dup_above(c, 5))
+        .collect::<std::io::Result<Vec<OwnedFd>>>()?;
+    let mut targets = [-1; MAX_CHANNELS];
+    for (t, c) in targets.iter_mut().zip(&copies) {
+        *t = c.as_raw_fd();
+    }
+    let count = copies.len() as i32;
     let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(bin);
     cmd.args(args.to_args())
@@ -56,9 +189,10 @@ pub fn spawn_worker(
             }
             // The data channel becomes fd 3 and the control channel fd 4,
             // the only descriptors besides stdio (dup2 clears close-on-exec).
-            check(libc::dup2(data_fd, 3))?;
-            check(libc::dup2(control_fd, 4))?;
-            check(libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) as i32)?;
+            for (i, fd) in targets.iter().take(count as usize).enumerate() {
+                check(libc::dup2(*fd, 3 + i as i32))?;
+            }
+            check(libc::syscall(libc::SYS_close_range, 3 + count as u32, u32::MAX, 0u32) as i32)?;
             // Never dump core: the worker's memory holds secrets.
             let no_core = libc::rlimit {
                 rlim_cur: 0,
@@ -70,14 +204,18 @@ pub fn spawn_worker(
         });
     }
     let child = cmd.spawn()?;
-    drop((data, control));
+    drop(copies);
     let pid = child
         .id()
         .ok_or_else(|| std::io::Error::other("worker exited before it could be tracked"))?;
     // Opened while the child is unreaped (only we reap it), so it refers to
     // exactly this process for as long as we hold it.
     let pidfd = pidfd_open(pid)?;
-    Ok(Spawned { child, pid, pidfd })
+    Ok(Spawned {
+        child: WorkerChild::exec(child),
+        pid,
+        pidfd,
+    })
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -161,12 +299,8 @@ pub fn kill(pidfd: &OwnedFd) {
 /// The worker's own stdout/stderr (never user console output) go to our
 /// log: bounded lines, invalid UTF-8 replaced, and the pipe always drained
 /// so the worker never blocks on it.
-pub fn forward_stdio(child: &mut Child, span: tracing::Span) {
-    fn forward(
-        pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-        stderr: bool,
-        span: tracing::Span,
-    ) {
+pub fn forward_stdio(child: &mut WorkerChild, span: tracing::Span) {
+    fn forward(pipe: Pipe, stderr: bool, span: tracing::Span) {
         tokio::spawn(
             async move {
                 use tokio::io::{AsyncBufReadExt, AsyncReadExt};

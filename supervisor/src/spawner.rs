@@ -20,6 +20,7 @@ use crate::function::Definition;
 use crate::logs::FunctionLogs;
 use crate::process::{Owner, StartError, Started};
 use crate::redact::Redactor;
+use crate::zygote::Zygote;
 
 /// Booting is ours, not the function's: a generous fixed deadline.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +35,7 @@ pub struct Spawner {
     pub ca_certs: Vec<String>,
     pub log_limits: LogLimits,
     pub pool: Arc<Pool>,
+    pub zygote: Option<Arc<Zygote>>,
     counter: AtomicU64,
 }
 
@@ -91,19 +93,25 @@ pub struct SpawnerSettings {
     pub ca_certs: Vec<String>,
     pub log_limits: LogLimits,
     pub pool: Arc<Pool>,
+    pub zygote: bool,
 }
 
 impl Spawner {
     pub fn new(s: SpawnerSettings) -> Self {
+        let args = WorkerArgs {
+            ppid: std::process::id(),
+            uid: s.uid.map(|(u, _)| u),
+            gid: s.uid.map(|(_, g)| g),
+            nofile: s.nofile,
+            require: s.require,
+            zygote: false,
+        };
         Self {
+            zygote: s
+                .zygote
+                .then(|| Arc::new(Zygote::new(s.worker_bin.clone(), args.clone()))),
             worker_bin: s.worker_bin,
-            args: WorkerArgs {
-                ppid: std::process::id(),
-                uid: s.uid.map(|(u, _)| u),
-                gid: s.uid.map(|(_, g)| g),
-                nofile: s.nofile,
-                require: s.require,
-            },
+            args,
             cgroups: s.cgroups,
             pids_max: s.pids_max,
             cpu_percent: s.cpu_percent,
@@ -149,6 +157,7 @@ impl Spawner {
             },
             cgroup: self.cgroup(memory_mb)?,
             timeout: BOOT_TIMEOUT,
+            zygote: self.zygote.clone(),
         })
     }
 

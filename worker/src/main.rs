@@ -11,6 +11,7 @@ mod jail;
 mod logs;
 mod sandbox;
 mod serve;
+mod zygote;
 
 use fn_protocol::{WorkerArgs, WorkerExit};
 
@@ -26,6 +27,8 @@ fn main() {
         eprintln!("fn-worker: mallopt(M_ARENA_MAX) failed; continuing with the default arenas");
     }
     let args = match WorkerArgs::parse(std::env::args().skip(1)) {
+        // Returns in each forked child, which goes on as a worker below.
+        Ok(args) if args.zygote => zygote::serve(args),
         Ok(args) => args,
         Err(e) => {
             eprintln!("fn-worker: {e} (this binary is started by fn-supervisor)");
