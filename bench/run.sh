@@ -53,6 +53,10 @@ else
   log "no deno: the seed columns will be empty"
 fi
 
+# The capacity run keeps thousands of workers, each holding about ten of
+# the supervisor's descriptors (as the systemd unit's LimitNOFILE allows).
+ulimit -n 65536 2>/dev/null || log "cannot raise the open-file limit; capacity may stop early"
+
 extra=()
 if [ "$quick" = 0 ]; then
   extra+=(--capacity --evicted 10000)

@@ -103,10 +103,10 @@ pub struct Args {
     #[arg(long)]
     pub capacity: bool,
     /// Capacity: stop once MemAvailable has dropped by this much, MiB.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 18432)]
     pub capacity_budget_mib: u64,
     /// Capacity: stop after this many functions.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2500)]
     pub capacity_max: usize,
     /// Evicted: deploy this many functions to a supervisor that stops
     /// workers after 1 s idle, then time first calls (0: skip; never with
@@ -432,7 +432,9 @@ fn run(
     r: &mut Results,
 ) -> Result<()> {
     progress("starting fn-supervisor, axum-hello and the seed peer");
-    let ours = start_supervisor(bin_dir, tmp, "main", &[])?;
+    // Room for the capacity run's functions beyond the default max_functions.
+    let max_functions = (args.capacity_max + 100).max(2000).to_string();
+    let ours = start_supervisor(bin_dir, tmp, "main", &["--max-functions", &max_functions])?;
     let ours_api = Api::new(&ours.base);
     deploy_fixtures(&ours_api, true)?;
     let hello = ours_api.invoke("hello", TRIVIAL_INPUT)?;

@@ -567,10 +567,13 @@ fn rows(r: &Results) -> Vec<Row> {
         rows.push(
             Row::new(
                 "capacity_functions",
-                "capacity: functions deployed",
+                "capacity: live workers (functions deployed, each then invoked)",
                 Unit::Count,
                 Some(c.deployed as f64),
             )
+            .goal("≥ 2,500, all answering", |o, _| {
+                Some(o >= 2_500.0 && c.invoke_failures == 0)
+            })
             .text(format!("{} ({})", c.deployed, c.stop_reason)),
         );
         rows.push(Row::new(
@@ -602,7 +605,8 @@ fn rows(r: &Results) -> Vec<Row> {
             "capacity: deploy p50, last 20",
             Unit::Ms,
             last,
-        ));
+        )
+        .goal("≤ 25 ms", le(25.0)));
     }
 
     if let Some(e) = &r.evicted {
