@@ -600,13 +600,15 @@ fn rows(r: &Results) -> Vec<Row> {
             Unit::Ms,
             first,
         ));
-        rows.push(Row::new(
-            "capacity_deploy_last_p50_ms",
-            "capacity: deploy p50, last 20",
-            Unit::Ms,
-            last,
-        )
-        .goal("≤ 25 ms", le(25.0)));
+        rows.push(
+            Row::new(
+                "capacity_deploy_last_p50_ms",
+                "capacity: deploy p50, last 20",
+                Unit::Ms,
+                last,
+            )
+            .goal("≤ 25 ms", le(25.0)),
+        );
     }
 
     if let Some(e) = &r.evicted {

@@ -20,8 +20,9 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Every supervisor's base directory starts with this, which is how stale ones are recognised.
@@ -80,11 +81,44 @@ pub struct Cgroups {
     hierarchies: Vec<Hierarchy>,
 }
 
-/// One worker's cgroup directory in one hierarchy, with its `cgroup.procs` already open.
+/// One worker's cgroup directory in one hierarchy, with its `cgroup.procs` open until the
+/// worker has joined (then closed: thousands of workers would otherwise hold thousands of the
+/// supervisor's descriptors).
 #[derive(Debug)]
 struct WorkerDir {
     path: PathBuf,
-    procs: File,
+    /// Raw descriptor of the open `cgroup.procs`, or -1 once closed.
+    procs: AtomicI32,
+}
+
+impl WorkerDir {
+    fn new(path: PathBuf, procs: File) -> Self {
+        Self {
+            path,
+            procs: AtomicI32::new(procs.into_raw_fd()),
+        }
+    }
+
+    /// Takes the open `cgroup.procs`, or opens it again if it was taken.
+    fn take_procs(&self) -> io::Result<File> {
+        match self.procs.swap(-1, Ordering::AcqRel) {
+            // SAFETY: the descriptor came from `into_raw_fd` and the swap made us its only owner.
+            fd if fd >= 0 => Ok(unsafe { File::from_raw_fd(fd) }),
+            _ => OpenOptions::new()
+                .write(true)
+                .open(self.path.join("cgroup.procs")),
+        }
+    }
+}
+
+impl Drop for WorkerDir {
+    fn drop(&mut self) {
+        let fd = self.procs.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: as in `take_procs`: we are the descriptor's only owner.
+            drop(unsafe { File::from_raw_fd(fd) });
+        }
+    }
 }
 
 /// One worker's cgroup (one directory per hierarchy).
@@ -206,7 +240,7 @@ impl Cgroups {
                 .map_err(|e| io_error("opening", &procs, e))
         });
         match result {
-            Ok(procs) => Ok(WorkerDir { path, procs }),
+            Ok(procs) => Ok(WorkerDir::new(path, procs)),
             Err(e) => {
                 let _ = fs::remove_dir(&path);
                 Err(e)
@@ -261,9 +295,14 @@ impl WorkerCgroup {
     pub fn join_self_in_child(&self) -> io::Result<()> {
         for dir in &self.dirs {
             loop {
-                // SAFETY: the descriptor is owned by `dir.procs`, which outlives this call, and
-                // the buffer is a 1-byte static literal.
-                let n = unsafe { libc::write(dir.procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+                let fd = dir.procs.load(Ordering::Acquire);
+                if fd < 0 {
+                    return Err(io::ErrorKind::NotConnected.into());
+                }
+                // SAFETY: the descriptor is owned by `dir`, which outlives this call (only
+                // `join_pid`, never called for a worker that joins itself, takes it), and the
+                // buffer is a 1-byte static literal.
+                let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
                 if n == 1 {
                     break;
                 }
@@ -287,7 +326,7 @@ impl WorkerCgroup {
     pub fn join_pid(&self, pid: u32) -> io::Result<()> {
         let pid = pid.to_string();
         for dir in &self.dirs {
-            (&dir.procs).write_all(pid.as_bytes())?;
+            dir.take_procs()?.write_all(pid.as_bytes())?;
         }
         Ok(())
     }
@@ -324,9 +363,10 @@ impl WorkerCgroup {
 
 fn remove_dirs(dirs: Vec<WorkerDir>) {
     for dir in dirs {
-        drop(dir.procs);
-        if !remove_tree(&dir.path, true) {
-            tracing::warn!(path = %dir.path.display(), "could not remove worker cgroup");
+        let path = dir.path.clone();
+        drop(dir);
+        if !remove_tree(&path, true) {
+            tracing::warn!(path = %path.display(), "could not remove worker cgroup");
         }
     }
 }
