@@ -313,6 +313,11 @@ impl Sandbox {
         self.set_secrets(secrets).map_err(internal)
     }
 
+    /// No invocation is running.
+    pub fn idle(&self) -> bool {
+        self.aborts.is_empty()
+    }
+
     /// A full GC, then malloc returns its free pages: an idle worker holds
     /// as little private memory as possible.
     pub fn settle(&mut self) {
