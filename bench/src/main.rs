@@ -212,6 +212,9 @@ pub struct Capacity {
     pub mem_drop_mib: f64,
     pub mem_drop_invoked_mib: f64,
     pub deploy_ms: Vec<f64>,
+    /// Deploys at full count, `--deploy-gap-ms` apart (the pool refills
+    /// between them), unlike `deploy_ms`, which come back to back.
+    pub spaced_deploy_ms: Vec<f64>,
     pub deploy_failures: usize,
     pub invoke_failures: usize,
     pub invoked: usize,
@@ -859,5 +862,18 @@ fn capacity(api: &Api, args: &Args) -> Result<Capacity> {
         }
     }
     c.mem_drop_invoked_mib = start_kib.saturating_sub(procs::mem_available_kib()?) as f64 / 1024.0;
+    // What one more deploy costs with all of them resident, at the pace of
+    // the deploy-to-ready series.
+    if !ids.is_empty() {
+        for i in 0..20 {
+            thread::sleep(Duration::from_millis(args.deploy_gap_ms));
+            let id = format!("cap-spaced-{i}");
+            if let Ok(a) = api.deploy(&json!({"id": id, "code": TRIVIAL})) {
+                if a.status == 200 {
+                    c.spaced_deploy_ms.push(a.ms);
+                }
+            }
+        }
+    }
     Ok(c)
 }
