@@ -35,10 +35,16 @@ pub enum ProtocolError {
 }
 
 fn options() -> impl Options {
+    options_with_limit(MAX_FRAME_LEN as u64)
+}
+
+/// The one bincode configuration of every message we exchange; `limit`
+/// bounds what decoding may allocate.
+pub(crate) fn options_with_limit(limit: u64) -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .with_little_endian()
-        .with_limit(MAX_FRAME_LEN as u64)
+        .with_limit(limit)
         .reject_trailing_bytes()
 }
 

@@ -56,11 +56,7 @@ pub enum ZygoteError {
 }
 
 fn options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_little_endian()
-        .with_limit(MAX_ZYGOTE_MSG as u64)
-        .reject_trailing_bytes()
+    crate::codec::options_with_limit(MAX_ZYGOTE_MSG as u64)
 }
 
 pub fn encode(msg: &impl Serialize) -> Result<Vec<u8>, ZygoteError> {
